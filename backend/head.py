@@ -1,0 +1,38 @@
+"""The root's part of the model: tokenizer-side tensors only (embedding, final norm, LM head)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from common.model_info import load_config
+from common.weights import WeightIndex, torch_dtype
+
+EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+
+
+class HeadModel:
+    def __init__(self, model_dir: str | Path, dtype_name: str):
+        self.config = load_config(model_dir)
+        self.dtype = torch_dtype(dtype_name)
+        index = WeightIndex(model_dir)
+        tied = LM_HEAD not in index.names()  # tied embeddings (Llama 3.2): one tensor serves both
+        tensors = index.load([EMBED, NORM] + ([] if tied else [LM_HEAD]), self.dtype)
+        self.loaded_tensor_names = sorted(tensors)
+        self.embed_weight = tensors[EMBED]
+        self.lm_head_weight = tensors[EMBED] if tied else tensors[LM_HEAD]
+        self.norm = LlamaRMSNorm(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        self.norm.weight = torch.nn.Parameter(tensors[NORM], requires_grad=False)
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    @torch.inference_mode()
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        """ids (T,) -> hidden (1, T, hidden)."""
+        return torch.nn.functional.embedding(torch.tensor([token_ids]), self.embed_weight)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (1, T, hidden) -> float32 logits (vocab,) of the last position only."""
+        last = self.norm(hidden[:, -1:, :].to(self.dtype))
+        return torch.nn.functional.linear(last, self.lm_head_weight)[0, -1].float()

@@ -1,0 +1,157 @@
+"""python -m backend.local: the root and N workers as local processes (the code the containers run).
+
+Each process is a real gunicorn HTTP server on 127.0.0.1; the root prints its URL once every worker
+holds its slice, and Ctrl-C stops them all.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """Start with .start(), stop with .stop() (or use as a context manager)."""
+
+    def __init__(self, model: str, workers: int = 2, threads: int = 1, latency_ms: str = "0,0",
+                 port: int | None = None, dtype: str = "float32", layer_split: str = "", seed: int = 0,
+                 extra_env: dict | None = None, log_dir: Path | None = None):
+        self.model, self.n_workers, self.threads = model, workers, threads
+        self.latency_ms, self.dtype, self.layer_split, self.seed = latency_ms, dtype, layer_split, seed
+        self.port = port or free_port()
+        self.extra_env = extra_env or {}
+        self.log_dir = log_dir
+        self.worker_ports = [free_port() for _ in range(workers)]
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.worker_ports[i]}"
+
+    def _model_env(self) -> dict:
+        path = Path(self.model)
+        if (path / "config.json").is_file():
+            return {"MODEL_PATH": str(path.resolve()), "MODEL_ROOTS": str(path.resolve().parent)}
+        # a preset name: a synthetic model is made (once) under models/synthetic
+        synth = REPO / "models" / "synthetic"
+        return {"MODEL_PRESET": self.model, "SYNTHETIC_DIR": str(synth), "MODEL_ROOTS": str(synth)}
+
+    def _spawn(self, name: str, module: str, env: dict) -> None:
+        full = {**os.environ, "PYTHONPATH": str(REPO), "HOST": "127.0.0.1", **env}
+        out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else subprocess.DEVNULL
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", module], env=full, cwd=REPO,
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_worker(self, i: int) -> None:
+        self._spawn(f"worker-{i + 1}", "worker", {
+            "PORT": str(self.worker_ports[i]), "THREADS": str(self.threads),
+            "MODEL_ROOTS": self._model_env()["MODEL_ROOTS"], **self.extra_env})
+
+    def start(self, timeout_s: float = 300) -> "LocalCluster":
+        lo, _, hi = self.latency_ms.partition(",")
+        for i in range(self.n_workers):
+            self.start_worker(i)
+        self._spawn("root", "backend", {
+            "PORT": str(self.port), "THREADS": str(self.threads), "DTYPE": self.dtype,
+            "WORKER_URLS": ",".join(self.worker_url(i) for i in range(self.n_workers)),
+            "LATENCY_MIN_MS": lo or "0", "LATENCY_MAX_MS": hi or lo or "0", "LATENCY_SEED": str(self.seed),
+            "LAYER_SPLIT": self.layer_split, "STATS_SOURCE": "local", **self._model_env(), **self.extra_env})
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline, reason = time.monotonic() + timeout_s, "no answer"
+        while time.monotonic() < deadline:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if "root" in dead:
+                raise RuntimeError(f"the root exited with code {self.procs['root'].returncode}")
+            try:
+                r = requests.get(self.url + "/healthz", timeout=2)
+                if r.status_code == 200:
+                    return
+                reason = r.json().get("reason", reason)
+                if r.json().get("status") == "failed":
+                    raise RuntimeError(reason)
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the cluster was not ready within {timeout_s:g} s: {reason}")
+
+    def stop_process(self, name: str) -> None:
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_process(name)
+
+    def __enter__(self):
+        return self if self.procs else self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m backend.local", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="a model folder, or a synthetic preset name (tiny, llama-3.2-1b, ...)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--latency-ms", default="0,0", help="MIN,MAX injected per link, uniform")
+    ap.add_argument("--port", type=int, default=5000)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--layer-split", default="", help="manual layer counts per worker, like 8,8,6")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the latency generator")
+    ap.add_argument("--logs", default="", help="folder for each process's log (default: discard)")
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    log_dir = Path(args.logs) if args.logs else None
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(args.model, args.workers, args.threads, args.latency_ms, args.port, args.dtype,
+                           args.layer_split, args.seed, log_dir=log_dir)
+    try:
+        cluster.start()
+    except (RuntimeError, TimeoutError) as exc:
+        cluster.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ready: {cluster.url}  ({args.workers} workers; Ctrl-C stops them all)", flush=True)
+    try:
+        while all(p.poll() is None for p in cluster.procs.values()):
+            time.sleep(0.5)
+        print("a process exited; stopping the cluster", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

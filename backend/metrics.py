@@ -1,0 +1,91 @@
+"""Every metric of a reply, defined once (the README and the page use these definitions).
+
+t0 is when the root accepted the request (after validation); token i is "produced" when it was sampled.
+- ttft_ms: t0 -> first token produced (covers tokenizing, prefill through every stage, every link).
+- ttlt_ms: t0 -> last token produced.
+- tpot_ms: (ttlt - ttft) / (completion_tokens - 1): mean time per output token after the first.
+- itl_ms: the gaps between consecutive tokens (p50, p90, p99).
+- prefill_tok_s: prompt_tokens / ttft.   decode_tok_s: (completion_tokens - 1) / (ttlt - ttft).
+- injected_latency_ms: the sum of every delay injected on every link for this request.
+- per link: transport_ms = time on the wire minus its injected delay (HTTP, framing, copies).
+"""
+from __future__ import annotations
+
+import math
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def reply_metrics(t0: float, token_times: list[float], prompt_tokens: int, injected_ms: float) -> dict:
+    """t0 and token_times in seconds (perf_counter); the figures of one reply."""
+    n = len(token_times)
+    ttft = (token_times[0] - t0) * 1e3 if n else None
+    ttlt = (token_times[-1] - t0) * 1e3 if n else None
+    gaps = [(b - a) * 1e3 for a, b in zip(token_times, token_times[1:])]
+    decode_ms = (ttlt - ttft) if n > 1 else None
+    return {
+        "ttft_ms": ttft,
+        "ttlt_ms": ttlt,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": n,
+        "tpot_ms": decode_ms / (n - 1) if decode_ms is not None else None,
+        "itl_ms": {"p50": percentile(gaps, 50), "p90": percentile(gaps, 90), "p99": percentile(gaps, 99)},
+        "prefill_tok_s": prompt_tokens / (ttft / 1e3) if ttft else None,
+        "decode_tok_s": (n - 1) / (decode_ms / 1e3) if decode_ms else None,
+        "injected_latency_ms": injected_ms,
+    }
+
+
+class StageTotals:
+    """Per-worker compute and per-link injected/transport/bytes, summed over a reply's steps."""
+
+    def __init__(self, names: list[str], layers: list[list[int]]):
+        self.stages = [{"name": n, "layers": l, "compute_ms": 0.0,
+                        "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}}
+                       for n, l in zip(names, layers)]
+        self.link_out = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
+        self.hop_transport_ms: list[list[float]] = []  # per step, per link
+
+    def add_step(self, step: dict) -> None:
+        """step: the output of chain_step_timings()."""
+        for total, stage in zip(self.stages, step["stages"]):
+            total["compute_ms"] += stage["compute_ms"]
+            for key in ("injected_ms", "transport_ms", "bytes"):
+                total["link_in"][key] += stage["link_in"][key]
+        for key in ("injected_ms", "transport_ms", "bytes"):
+            self.link_out[key] += step["link_out"][key]
+        self.hop_transport_ms.append([s["link_in"]["transport_ms"] for s in step["stages"]]
+                                     + [step["link_out"]["transport_ms"]])
+
+    def summary(self) -> dict:
+        return {"stages": self.stages, "link_out": self.link_out,
+                "compute_ms": sum(s["compute_ms"] for s in self.stages),
+                "transport_ms": sum(s["link_in"]["transport_ms"] for s in self.stages) + self.link_out["transport_ms"]}
+
+
+def chain_step_timings(sent_ns: int, records: list[dict], returned_ns: int, final_delay_ms: float,
+                       bytes_out: int, bytes_back: int) -> dict:
+    """One pass down the chain, from the root's send time, each worker's record and the return time.
+
+    All times are wall clock (time.time_ns) of one host: every process and container shares it.
+    A worker sleeps its incoming link's delay after it received the frame, so the time on the wire
+    of link i is recv_i - sent_{i-1}, and transport is that time (the delay is not inside it).
+    """
+    stages, prev_sent, prev_bytes = [], sent_ns, bytes_out
+    for rec in records:
+        wire_ms = max(0.0, (rec["recv_ns"] - prev_sent) / 1e6)
+        stages.append({"name": rec["name"], "compute_ms": rec["compute_ms"],
+                       "link_in": {"injected_ms": rec["delay_ms"], "transport_ms": wire_ms,
+                                   "bytes": rec.get("bytes_in", prev_bytes)}})
+        prev_sent = rec["sent_ns"]
+    back_ms = max(0.0, (returned_ns - prev_sent) / 1e6)
+    return {"stages": stages,
+            "link_out": {"injected_ms": final_delay_ms, "transport_ms": back_ms, "bytes": bytes_back}}

@@ -1,0 +1,60 @@
+"""Read named tensors straight from a model folder's safetensors files, never the whole model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .frame import DTYPES
+
+
+class WeightIndex:
+    """Which safetensors file holds which tensor, for a single-file or sharded HF model folder."""
+
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        index_file = self.model_dir / "model.safetensors.index.json"
+        if index_file.exists():
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+            self.file_of = {name: self.model_dir / fname for name, fname in weight_map.items()}
+        else:
+            single = self.model_dir / "model.safetensors"
+            if not single.exists():
+                raise FileNotFoundError(f"{self.model_dir} has no model.safetensors or model.safetensors.index.json")
+            with safe_open(single, framework="pt") as f:
+                self.file_of = {name: single for name in f.keys()}
+
+    def names(self) -> list[str]:
+        return list(self.file_of)
+
+    def load(self, names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        missing = [n for n in names if n not in self.file_of]
+        if missing:
+            raise KeyError(f"weights missing from {self.model_dir}: {missing[:5]}")
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.file_of[name], []).append(name)
+        tensors = {}
+        for path, file_names in by_file.items():
+            with safe_open(path, framework="pt") as f:
+                for name in file_names:
+                    # .to() copies out of the mmap, so nothing else of the file stays mapped.
+                    tensors[name] = f.get_tensor(name).to(dtype).clone()
+        return tensors
+
+
+def layer_prefix(index: int) -> str:
+    return f"model.layers.{index}."
+
+
+def layer_tensor_names(all_names: list[str], start: int, end: int) -> list[str]:
+    prefixes = tuple(layer_prefix(i) for i in range(start, end))
+    return [n for n in all_names if n.startswith(prefixes)]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {name!r}")
+    return DTYPES[name]

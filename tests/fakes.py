@@ -1,0 +1,69 @@
+"""A fake chain of workers: the root's orchestration without HTTP or decoder layers (milliseconds)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from backend.chain import WorkerFailure
+from backend.cluster import Cluster
+from backend.head import HeadModel
+from backend.runtime import Runtime
+from common.config import RootSettings
+from common.latency import links_for
+
+
+class FakeChain:
+    """Returns the embedding unchanged (so the reply is deterministic) and fake per-stage timings."""
+
+    def __init__(self, n_workers: int, fail_at_step: int | None = None, step_sleep_s: float = 0.0):
+        self.n_workers, self.fail_at_step, self.step_sleep_s = n_workers, fail_at_step, step_sleep_s
+        self.steps: list[tuple[str, int, int, list[float]]] = []
+        self.released: list[str] = []
+        self.lock = threading.Lock()
+
+    def forward(self, request_id, hidden, start_pos, delays_ms):
+        with self.lock:
+            self.steps.append((request_id, start_pos, hidden.shape[1], list(delays_ms)))
+            step = len([s for s in self.steps if s[0] == request_id]) - 1
+        if self.fail_at_step is not None and step >= self.fail_at_step:
+            raise WorkerFailure("worker-2 (http://fake) is unreachable: ConnectionError", "worker-2")
+        time.sleep(self.step_sleep_s)
+        stages = [{"name": f"worker-{i + 1}", "compute_ms": 1.0,
+                   "link_in": {"injected_ms": delays_ms[i], "transport_ms": 0.1, "bytes": 10}}
+                  for i in range(self.n_workers)]
+        return hidden, {"stages": stages, "link_out": {"injected_ms": delays_ms[-1], "transport_ms": 0.1, "bytes": 10}}
+
+    def release(self, request_id):
+        self.released.append(request_id)
+
+
+def fake_runtime(model_dir, chain: FakeChain, **settings) -> Runtime:
+    """A Runtime wired by hand (no start-up thread): real tokenizer and head, fake chain."""
+    from transformers import AutoTokenizer
+
+    rs = RootSettings(**{"stats_source": "local", **settings})
+    rt = Runtime(rs)
+    rt.model_path = model_dir
+    rt.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    rt.eos_ids = []  # never stop early: replies have exactly max_tokens tokens
+    rt.head = HeadModel(model_dir, rs.dtype)
+    workers = [(f"worker-{i + 1}", f"http://fake-{i + 1}") for i in range(chain.n_workers)]
+    rt.cluster = Cluster(workers, rt.head.config.num_hidden_layers, str(model_dir), rs.dtype, None)
+    for status in rt.cluster.status.values():
+        status["status"] = "ready"
+    rt.chain = chain
+    rt.links = links_for(chain.n_workers, rs.link, rs.link_overrides)
+    rt.status = "running"
+    return rt
+
+
+def sse_events(body: str) -> list[tuple[str, dict]]:
+    import json
+
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
