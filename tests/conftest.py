@@ -49,3 +49,64 @@ def hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int, dtype
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class ComposeCluster:
+    """`docker compose` on this repository's compose file, reshaped by variables only."""
+
+    def __init__(self, project: str, env: dict):
+        self.project, self.url = project, f"http://127.0.0.1:{env.get('WEB_PORT', '3001')}"
+        self.env = {**os.environ, **env}
+        self.repo = Path(__file__).resolve().parent.parent
+        self.timings: dict[str, float] = {}
+
+    def compose(self, *args, check=True, timeout=1800):
+        import subprocess
+        return subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=self.repo, env=self.env,
+                              check=check, capture_output=True, text=True, timeout=timeout)
+
+    def container(self, service: str, number: int = 1) -> str:
+        return f"{self.project}-{service}-{number}"
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        import time
+
+        import requests
+        deadline, last = time.monotonic() + timeout_s, "no answer"
+        while time.monotonic() < deadline:
+            try:
+                r = requests.get(self.url + "/healthz", timeout=3)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+            time.sleep(1)
+        raise TimeoutError(f"compose cluster not healthy in {timeout_s:g} s: {last}\n"
+                           + self.compose("logs", "--tail", "40", check=False).stdout)
+
+
+@pytest.fixture(scope="session")
+def compose_cluster():
+    """Root + 2 workers on the tiny synthetic model, through compose on the real engine."""
+    import json
+    import time
+
+    cluster = ComposeCluster("ddllm-test", {"NODES": "2", "MODEL_PRESET": "tiny", "WORKER_CPUS": "1",
+                                            "WORKER_MEMORY": "2g", "LATENCY_MIN_MS": "2", "LATENCY_MAX_MS": "6",
+                                            "HOP_TIMEOUT_S": "5"})
+    cluster.compose("down", "-v", "--remove-orphans", check=False)
+    started = time.monotonic()
+    cluster.compose("build")
+    cluster.timings["build_s"] = time.monotonic() - started
+    started = time.monotonic()
+    cluster.compose("up", "-d")
+    try:
+        cluster.wait_healthy(600)
+        cluster.timings["up_to_healthy_s"] = time.monotonic() - started
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "compose_timings.json").write_text(json.dumps(cluster.timings))
+        yield cluster
+    finally:
+        (ARTIFACTS / "compose.log").write_text(cluster.compose("logs", "--no-color", check=False).stdout)
+        cluster.compose("down", "-v", "--remove-orphans", check=False)

@@ -1,0 +1,123 @@
+"""The product as users run it: images built, compose cluster up, everything through 127.0.0.1:3001."""
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.docker
+
+PROMPT = "Distributed inference on edge devices"
+N_TOKENS = 20
+
+
+def stream(url, **body):
+    r = requests.post(url + "/api/generate", json={"prompt": PROMPT, "max_tokens": N_TOKENS, **body},
+                      stream=True, timeout=60)
+    events, event = [], None
+    for line in r.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            events.append((event, json.loads(line[6:])))
+    return r, events
+
+
+def hf_reference_in_container(cluster, prompt_ids):
+    """HF generate on the very files the cluster serves, inside the root container."""
+    code = ("import json,sys,torch; from transformers import AutoModelForCausalLM; "
+            "p=json.loads(sys.argv[1]); m=AutoModelForCausalLM.from_pretrained(p['path'], dtype=torch.float32); "
+            "o=m.generate(torch.tensor([p['ids']]), max_new_tokens=p['n'], do_sample=False); "
+            "print(json.dumps(o[0, len(p['ids']):].tolist()))")
+    path = requests.get(cluster.url + "/api/cluster").json()["model"]["path"]
+    arg = json.dumps({"path": path, "ids": prompt_ids, "n": N_TOKENS})
+    out = cluster.compose("exec", "-T", "root", "python3", "-c", code, arg).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def prompt_ids_in_container(cluster):
+    code = ("import json,sys; from transformers import AutoTokenizer; "
+            "print(json.dumps(AutoTokenizer.from_pretrained(sys.argv[1])(sys.argv[2]).input_ids))")
+    path = requests.get(cluster.url + "/api/cluster").json()["model"]["path"]
+    return json.loads(cluster.compose("exec", "-T", "root", "python3", "-c", code, path, PROMPT).stdout.strip().splitlines()[-1])
+
+
+def test_cluster_shape_and_security(compose_cluster):
+    info = requests.get(compose_cluster.url + "/api/cluster").json()
+    assert info["model"]["synthetic"] is True and info["stats_source"] == "docker"
+    assert [w["name"] for w in info["workers"]] == ["worker-1", "worker-2"]
+    assert [w["layers"] for w in info["workers"]] == [[0, 2], [2, 4]]
+    assert all(w["threads"] == 1 for w in info["workers"])  # from the 1-CPU limit
+    ports = json.loads(subprocess.run(["docker", "inspect", compose_cluster.container("root")],
+                                      capture_output=True, text=True, check=True).stdout)[0]
+    published = ports["HostConfig"]["PortBindings"]
+    assert published == {"3001/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3001"}]}
+    mounts = {m["Destination"]: m for m in ports["Mounts"]}
+    assert mounts["/var/run/docker.sock"]["RW"] is False and mounts["/models"]["RW"] is False
+    worker = json.loads(subprocess.run(["docker", "inspect", compose_cluster.container("worker", 1)],
+                                       capture_output=True, text=True, check=True).stdout)[0]
+    assert not worker["HostConfig"]["PortBindings"]
+    assert "/var/run/docker.sock" not in {m["Destination"] for m in worker["Mounts"]}
+    assert worker["HostConfig"]["NanoCpus"] == 1_000_000_000
+
+
+def test_streamed_greedy_reply_equals_hf_generate_and_stats_are_real(compose_cluster):
+    seen: dict[str, dict] = {}
+    stop = threading.Event()
+
+    def poll_stats():
+        while not stop.is_set():
+            for c in requests.get(compose_cluster.url + "/api/stats", timeout=5).json()["containers"]:
+                best = seen.setdefault(c["name"], {"cpu": 0.0, "mem": 0})
+                best["cpu"] = max(best["cpu"], c["cpu_percent"])
+                best["mem"] = max(best["mem"], c["mem_bytes"])
+            time.sleep(0.5)
+
+    poller = threading.Thread(target=poll_stats)
+    poller.start()
+    try:
+        r, events = stream(compose_cluster.url)
+        # a longer fixed-length reply so that every container is sampled while it works
+        long_r, long_events = stream(compose_cluster.url, max_tokens=300, ignore_eos=True)
+    finally:
+        stop.set()
+        poller.join()
+    assert r.status_code == 200 and events[0][0] == "start" and events[-1][0] == "done"
+    tokens = [d["id"] for e, d in events if e == "token"]
+    assert tokens == events[-1][1]["token_ids"]
+    assert tokens == hf_reference_in_container(compose_cluster, prompt_ids_in_container(compose_cluster))
+    done = long_events[-1][1]
+    assert done["metrics"]["completion_tokens"] == 300
+    names = {compose_cluster.container("root"), compose_cluster.container("worker", 1),
+             compose_cluster.container("worker", 2)}
+    assert names <= set(seen), seen
+    for name in names:
+        assert seen[name]["cpu"] > 0 and seen[name]["mem"] > 0, (name, seen[name])
+    stats = requests.get(compose_cluster.url + "/api/stats").json()
+    row = next(c for c in stats["containers"] if c["name"] == compose_cluster.container("worker", 1))
+    assert row["cpu_limit_cores"] == 1.0 and row["mem_limit_bytes"] == 2 * 1024**3
+    containers = done["metrics"]["containers"]
+    assert names <= set(containers) and containers[compose_cluster.container("worker", 1)]["cpu_max"] > 0
+
+
+def test_stopped_worker_gives_a_clear_error_fast_and_recovers_when_started(compose_cluster):
+    worker2 = compose_cluster.container("worker", 2)
+    subprocess.run(["docker", "stop", worker2], check=True, capture_output=True)
+    try:
+        started = time.monotonic()
+        r = requests.post(compose_cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 5},
+                          timeout=30)
+        elapsed = time.monotonic() - started
+        assert elapsed < 10, elapsed
+        assert "worker-2" in r.text and (r.status_code >= 500 or "event: error" in r.text), r.text
+        deadline = time.monotonic() + 10
+        while requests.get(compose_cluster.url + "/api/cluster").json()["workers"][1]["status"] != "down":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["docker", "start", worker2], check=True, capture_output=True)
+    compose_cluster.wait_healthy(120)
+    r, events = stream(compose_cluster.url, max_tokens=5)
+    assert events[-1][0] == "done" and events[-1][1]["metrics"]["completion_tokens"] >= 1
