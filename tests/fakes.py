@@ -57,13 +57,3 @@ def fake_runtime(model_dir, chain: FakeChain, **settings) -> Runtime:
     rt.links = links_for(chain.n_workers, rs.link, rs.link_overrides)
     rt.status = "running"
     return rt
-
-
-def sse_events(body: str) -> list[tuple[str, dict]]:
-    import json
-
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events

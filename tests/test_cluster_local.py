@@ -2,13 +2,13 @@
 
 Greedy output through the cluster must equal Hugging Face generate, token for token.
 """
-import json
 import time
 
 import pytest
 import requests
 
 from .conftest import hf_greedy, start_cluster
+from .sse import read_sse
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 N_TOKENS = 24
@@ -56,12 +56,7 @@ class TestThreeWorkersWithLatency:
     def test_streaming_reply_and_metrics(self, cluster, reference):
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": N_TOKENS},
                           stream=True, timeout=60)
-        events, event = [], None
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line[6:])))
+        events = read_sse(r.iter_lines(decode_unicode=True))
         assert events[0][0] == "start" and events[-1][0] == "done"
         tokens = [d["id"] for e, d in events if e == "token"]
         done = events[-1][1]

@@ -7,6 +7,8 @@ import time
 import pytest
 import requests
 
+from .sse import read_sse
+
 pytestmark = pytest.mark.docker
 
 PROMPT = "Distributed inference on edge devices"
@@ -16,13 +18,7 @@ N_TOKENS = 20
 def stream(url, **body):
     r = requests.post(url + "/api/generate", json={"prompt": PROMPT, "max_tokens": N_TOKENS, **body},
                       stream=True, timeout=60)
-    events, event = [], None
-    for line in r.iter_lines(decode_unicode=True):
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            events.append((event, json.loads(line[6:])))
-    return r, events
+    return r, read_sse(r.iter_lines(decode_unicode=True))
 
 
 def hf_reference_in_container(cluster, prompt_ids):

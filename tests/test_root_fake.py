@@ -7,7 +7,8 @@ import pytest
 from backend.app import create_app
 from common.latency import LinkModel
 
-from .fakes import FakeChain, fake_runtime, sse_events
+from .fakes import FakeChain, fake_runtime
+from .sse import parse_sse as sse_events
 
 
 def make_client(tiny_model, chain, **settings):

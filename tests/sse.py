@@ -1,0 +1,18 @@
+"""Reading the root's server-sent events in tests."""
+import json
+
+
+def parse_sse(body: str) -> list[tuple[str, dict]]:
+    """A whole SSE body -> [(event, data)]."""
+    return read_sse(body.splitlines())
+
+
+def read_sse(lines) -> list[tuple[str, dict]]:
+    """SSE lines (e.g. requests' iter_lines) -> [(event, data)]."""
+    events, event = [], None
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            events.append((event, json.loads(line[6:])))
+    return events
