@@ -66,7 +66,10 @@ class StageTotals:
                                      + [step["link_out"]["transport_ms"]])
 
     def summary(self) -> dict:
+        decode_hops = [ms for step in self.hop_transport_ms[1:] for ms in step]  # step 0 is the prefill
         return {"stages": self.stages, "link_out": self.link_out,
+                "hop_transport_ms": {"p50": percentile(decode_hops, 50), "p90": percentile(decode_hops, 90),
+                                     "max": max(decode_hops) if decode_hops else None},
                 "compute_ms": sum(s["compute_ms"] for s in self.stages),
                 "transport_ms": sum(s["link_in"]["transport_ms"] for s in self.stages) + self.link_out["transport_ms"]}
 
