@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from common.latency import RequestDelays
 
@@ -34,6 +34,7 @@ class Reply:
     token_times: list[float] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    recoveries: int = 0                         # times the prompt and tokens so far were replayed
 
 
 def stop_position(text: str, stops: tuple[str, ...]) -> int | None:
@@ -43,8 +44,14 @@ def stop_position(text: str, stops: tuple[str, ...]) -> int | None:
 
 
 def generate(reply: Reply, head: HeadModel, chain: Chain, tokenizer, eos_ids: list[int],
-             delays: RequestDelays, totals: StageTotals) -> Iterator[tuple[int, str]]:
-    """Yields (token id, new text) per token; sets reply.finish_reason. Releases caches at the end."""
+             delays: RequestDelays, totals: StageTotals,
+             recover: Callable[[], bool] | None = None, max_recoveries: int = 2) -> Iterator[tuple[int, str]]:
+    """Yields (token id, new text) per token; sets reply.finish_reason. Releases caches at the end.
+
+    A worker that fails mid-reply (after the first token) is waited for with recover(); when the
+    cluster is whole again, the prompt and every token so far are replayed as one prefill and the
+    reply goes on. A failure before the first token is reported at once.
+    """
     eos = set(eos_ids)
     sampler = make_generator(reply.request.sampling.seed)
     try:
@@ -55,7 +62,17 @@ def generate(reply: Reply, head: HeadModel, chain: Chain, tokenizer, eos_ids: li
                 reply.finish_reason = "cancelled"
                 return
             nbytes = hidden.numel() * hidden.element_size()
-            out, timings = chain.forward(reply.request_id, hidden, start_pos, delays.draw_step(nbytes))
+            try:
+                out, timings = chain.forward(reply.request_id, hidden, start_pos, delays.draw_step(nbytes))
+            except WorkerFailure as exc:
+                if (not reply.token_ids or recover is None or reply.recoveries >= max_recoveries
+                        or reply.cancel.is_set() or exc.status == 429 or not recover()):
+                    raise
+                reply.recoveries += 1
+                log.warning("request %s: %s; replaying %d tokens", reply.request_id, exc,
+                            len(reply.prompt_ids) + len(reply.token_ids))
+                hidden, start_pos = head.embed(reply.prompt_ids + reply.token_ids), 0
+                continue
             totals.add_step(timings)
             token = sample_token(head.logits(out), reply.request.sampling, sampler)
             reply.token_times.append(time.perf_counter())
@@ -84,6 +101,7 @@ def generate(reply: Reply, head: HeadModel, chain: Chain, tokenizer, eos_ids: li
 def final_object(reply: Reply, delays: RequestDelays, totals: StageTotals, containers: dict) -> dict:
     metrics = reply_metrics(reply.t0, reply.token_times, len(reply.prompt_ids), delays.total_ms)
     metrics.update(totals.summary())
+    metrics["recoveries"] = reply.recoveries
     metrics["containers"] = containers
     return {"request_id": reply.request_id, "text": reply.text, "token_ids": reply.token_ids,
             "finish_reason": reply.finish_reason, "metrics": metrics}

@@ -40,6 +40,10 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
+    def model_name(self) -> str:
+        return Path(self.model).name
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

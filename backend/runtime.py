@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
+import requests
 from transformers import AutoTokenizer, GenerationConfig
 
 from common.config import RootSettings
 from common.latency import LinkModel, links_for
 from common.model_info import synthetic_marker
+from common.placement import Device, ModelShape, Placement, PlacementError, plan
 
 from .chain import Chain
 from .cluster import Cluster
@@ -45,6 +49,10 @@ class Runtime:
         self.cluster: Cluster | None = None
         self.chain: Chain | None = None
         self.links: list[LinkModel] = []
+        self.workers: list[tuple[str, str]] = []      # (name, url) in discovery order, idle ones included
+        self.devices: list[Device] = []               # what each worker reported before placement
+        self.model_shape: ModelShape | None = None
+        self.placement: Placement | None = None
         self.history = StatsHistory()
         self.stats_source = "none"
         self.requests_started = itertools.count()
@@ -64,19 +72,72 @@ class Runtime:
             self.reason = "loading the tokenizer, embedding, final norm and LM head"
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
             self.eos_ids = _eos_ids(self.model_path, self.tokenizer)
-            self.head = HeadModel(self.model_path, self.settings.dtype)
+            # int8 quantizes the workers' projections; the root's embedding and LM head stay float32.
+            self.head = HeadModel(self.model_path, "float32" if self.settings.dtype == "int8" else self.settings.dtype)
+            self.model_shape = ModelShape.from_config(json.loads((self.model_path / "config.json").read_text()))
             self.reason = "finding the workers"
-            workers = self._find_workers()
+            workers = self.workers = self._find_workers()
+            self.devices = self._gather_devices(workers)
+            self.placement = self.plan()
+            problems = self.placement.shortfalls()
+            if problems and self.settings.memory_check:
+                raise PlacementError("; ".join(problems) + " (see GET /api/placement; MEMORY_CHECK=off starts anyway)")
+            for problem in problems:
+                log.warning("starting anyway (MEMORY_CHECK=off): %s", problem)
             self.cluster = Cluster(workers, self.head.config.num_hidden_layers, str(self.model_path),
-                                   self.settings.dtype, self.settings.layer_split)
+                                   self.settings.dtype, None, placement=self.placement)
             self.chain = Chain(self.cluster.specs, self.settings.max_frame_bytes, self.settings.hop_timeout_s)
-            self.links = links_for(len(workers), self.settings.link, self.settings.link_overrides)
+            self.links = links_for(len(self.cluster.specs), self.settings.link, self.settings.link_overrides)
             self._start_stats()
             self.cluster.start_monitor()
             self.status, self.reason = "running", "waiting for the workers to load their slices"
+        except PlacementError as exc:  # the cluster cannot hold the model this way: say where and by how much
+            log.error("placement refused: %s", exc)
+            self.status, self.reason = "failed", f"placement refused ({self.settings.placement}, {self.settings.dtype}): {exc}"
         except Exception as exc:  # shown by /healthz and /api/cluster: the root cannot serve
             log.exception("start-up failed")
             self.status, self.reason = "failed", f"start-up failed: {type(exc).__name__}: {exc}"
+
+    def _gather_devices(self, workers: list[tuple[str, str]], interval_s: float = 0.5) -> list[Device]:
+        """Each worker's threads and memory from its /healthz; waits (as long as it takes) for all."""
+        session, reports = requests.Session(), {}
+        while True:
+            for name, url in workers:
+                if name in reports:
+                    continue
+                try:
+                    health = session.get(url + "/healthz", timeout=2).json()
+                except (requests.RequestException, ValueError):
+                    continue
+                if isinstance(health, dict) and isinstance(health.get("device"), dict):
+                    reports[name] = Device.from_report(name, url, health)
+            missing = [name for name, _ in workers if name not in reports]
+            if not missing:
+                return [reports[name] for name, _ in workers]
+            self.reason = f"waiting for {', '.join(missing)} to report its threads and memory"
+            time.sleep(interval_s)
+
+    def plan(self, mode: str | None = None, dtype: str | None = None, split: list[int] | None = None,
+             order: list[str] | None = None, max_context: int | None = None,
+             max_concurrent: int | None = None) -> Placement:
+        """A placement of the model on the workers as they last reported (settings by default).
+
+        Pure apart from reading those reports: GET /api/placement previews any mode with it."""
+        s = self.settings
+        mode = mode or s.placement
+        if split is None and mode == "manual" and s.layer_split:
+            split = list(s.layer_split)
+        return plan(mode, self.model_shape, self.current_devices(), dtype or s.dtype,
+                    max_context or self.context_limit(), max_concurrent or s.max_concurrent,
+                    manual=split, priority=list(order) if order is not None else list(s.placement_order))
+
+    def current_devices(self) -> list[Device]:
+        """The start-up reports, refreshed by the cluster monitor's latest ones."""
+        if self.cluster is None:
+            return self.devices
+        urls = dict(self.workers)
+        return [Device.from_report(d.name, urls[d.name], {"threads": d.threads, "device": self.cluster.devices[d.name]})
+                if self.cluster.devices.get(d.name) else d for d in self.devices]
 
     def _find_workers(self) -> list[tuple[str, str]]:
         if self.settings.worker_urls:
@@ -133,12 +194,16 @@ class Runtime:
             "threads_root": self.settings.threads,
             "root_tensors": self.head.loaded_tensor_names if self.head else [],
             "workers": self.cluster.describe() if self.cluster else [],
+            "chain": [w.name for w in self.cluster.specs] if self.cluster else [],
+            "placement": self.placement.describe() if self.placement else None,
             "ready": self.ready(), "reason": "ready" if self.ready() else self.not_ready_reason(),
             "stats_source": self.stats_source,
             "max_concurrent": self.settings.max_concurrent,
         }
 
     def context_limit(self) -> int:
+        if self.head is None:
+            return self.settings.max_context
         model_ctx = getattr(self.head.config, "max_position_embeddings", None) or self.settings.max_context
         return min(model_ctx, self.settings.max_context)
 

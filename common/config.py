@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cpu import default_threads
 from .latency import LinkModel, parse_range
+from .placement import DTYPES, MODES
 from .split import parse_counts
 
 MiB = 1024 * 1024
@@ -42,6 +43,8 @@ class WorkerSettings:
     max_caches: int = 16                   # KV caches held at once; the oldest idle one goes first
     cache_ttl_s: float = 600.0             # a cache idle this long is dropped (a root that vanished)
     hop_timeout_s: float = 30.0            # the longest this worker waits on the next one
+    memory_limit_bytes: int | None = None  # declared device memory (MEMORY_LIMIT_MB): a smaller device
+                                           # than its cgroup, or a limit for a local process that has none
 
     @classmethod
     def from_env(cls, env=os.environ) -> "WorkerSettings":
@@ -55,6 +58,7 @@ class WorkerSettings:
             max_caches=_int(env, "MAX_CACHES", 16),
             cache_ttl_s=_float(env, "CACHE_TTL_S", 600),
             hop_timeout_s=_float(env, "HOP_TIMEOUT_S", 30),
+            memory_limit_bytes=_int(env, "MEMORY_LIMIT_MB", 0) * MiB or None,
         )
 
 
@@ -67,9 +71,13 @@ class RootSettings:
     model_preset: str = "tiny"            # synthetic model made when model_path is empty
     model_seed: int = 0
     synthetic_dir: str = "/synthetic"     # where synthetic models are made (writable by the root only)
-    dtype: str = "float32"
+    dtype: str = "float32"               # float32 | bfloat16 | int8 (int8 weights in the workers' projections;
+                                          # they compute in float32, the root's head stays float32)
     worker_urls: tuple[str, ...] = ()     # fixed list (local mode); empty: discover through Docker
     layer_split: tuple[int, ...] | None = None
+    placement: str = ""                   # even | manual | threads | memory | fit; "": manual if layer_split else even
+    placement_order: tuple[str, ...] = () # fit: workers to use first (worker-2, a container or a compose service)
+    memory_check: bool = True             # refuse to start a placement whose estimate exceeds a worker's memory
     link: LinkModel = field(default_factory=LinkModel)
     link_overrides: dict = field(default_factory=dict)  # {link index: {LinkModel field: value}}
     latency_seed: int = 0
@@ -78,10 +86,23 @@ class RootSettings:
     max_context: int = 4096               # prompt + reply tokens, capped by the model's own context
     max_frame_bytes: int = 64 * MiB
     hop_timeout_s: float = 30.0
+    recovery_wait_s: float = 30.0         # mid-reply worker failure: wait this long for it to return, then replay
     stats_interval_s: float = 1.0
     stats_source: str = "auto"            # auto | docker | local
     worker_port: int = 5100               # port of discovered workers (docker mode)
     frontend_dir: str = str(Path(__file__).resolve().parent.parent / "frontend")
+
+    def __post_init__(self):
+        if not self.placement:
+            object.__setattr__(self, "placement", "manual" if self.layer_split else "even")
+        if self.placement not in MODES:
+            raise ValueError(f"PLACEMENT must be one of {', '.join(MODES)}, not {self.placement!r}")
+        if self.layer_split and self.placement != "manual":
+            raise ValueError(f"LAYER_SPLIT is set but PLACEMENT={self.placement}: unset one of them")
+        if self.placement == "manual" and not self.layer_split:
+            raise ValueError("PLACEMENT=manual needs LAYER_SPLIT, e.g. 8,4,2,2")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"DTYPE must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
     @classmethod
     def from_env(cls, env=os.environ) -> "RootSettings":
@@ -111,6 +132,9 @@ class RootSettings:
             dtype=env.get("DTYPE", "float32"),
             worker_urls=tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip()),
             layer_split=tuple(parse_counts(split)) if split else None,
+            placement=env.get("PLACEMENT", "").strip().lower(),
+            placement_order=tuple(p.strip() for p in env.get("PLACEMENT_ORDER", "").split(",") if p.strip()),
+            memory_check=env.get("MEMORY_CHECK", "on").strip().lower() not in ("off", "0", "false", "no"),
             link=link,
             link_overrides=overrides,
             latency_seed=_int(env, "LATENCY_SEED", 0),
@@ -119,6 +143,7 @@ class RootSettings:
             max_context=_int(env, "MAX_CONTEXT", 4096),
             max_frame_bytes=_int(env, "MAX_FRAME_MB", 64) * MiB,
             hop_timeout_s=_float(env, "HOP_TIMEOUT_S", 30),
+            recovery_wait_s=_float(env, "RECOVERY_WAIT_S", 30),
             stats_interval_s=_float(env, "STATS_INTERVAL_S", 1.0),
             stats_source=env.get("STATS_SOURCE", "auto"),
             worker_port=_int(env, "WORKER_PORT", 5100),

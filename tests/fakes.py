@@ -17,8 +17,10 @@ from common.latency import links_for
 class FakeChain:
     """Returns the embedding unchanged (so the reply is deterministic) and fake per-stage timings."""
 
-    def __init__(self, n_workers: int, fail_at_step: int | None = None, step_sleep_s: float = 0.0):
+    def __init__(self, n_workers: int, fail_at_step: int | None = None, step_sleep_s: float = 0.0,
+                 fail_times: int | None = None):
         self.n_workers, self.fail_at_step, self.step_sleep_s = n_workers, fail_at_step, step_sleep_s
+        self.fail_times = fail_times  # None: every step from fail_at_step on fails
         self.steps: list[tuple[str, int, int, list[float]]] = []
         self.released: list[str] = []
         self.lock = threading.Lock()
@@ -27,7 +29,9 @@ class FakeChain:
         with self.lock:
             self.steps.append((request_id, start_pos, hidden.shape[1], list(delays_ms)))
             step = len([s for s in self.steps if s[0] == request_id]) - 1
-        if self.fail_at_step is not None and step >= self.fail_at_step:
+        if self.fail_at_step is not None and step >= self.fail_at_step and self.fail_times != 0:
+            if self.fail_times is not None:
+                self.fail_times -= 1
             raise WorkerFailure("worker-2 (http://fake) is unreachable: ConnectionError", "worker-2")
         time.sleep(self.step_sleep_s)
         stages = [{"name": f"worker-{i + 1}", "compute_ms": 1.0,

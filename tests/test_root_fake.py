@@ -54,13 +54,28 @@ def test_non_stream_and_same_seed_same_delays(tiny_model):
 
 def test_worker_failure_becomes_an_error_event_and_frees_everything(tiny_model):
     chain = FakeChain(2, fail_at_step=2)
-    client, rt = make_client(tiny_model, chain)
+    client, rt = make_client(tiny_model, chain, recovery_wait_s=0)
     events = sse_events(client.post("/api/generate", json={"prompt": "x", "max_tokens": 10}).get_data(as_text=True))
     assert [e for e, _ in events] == ["start", "token", "token", "error"]
     assert "worker-2" in events[-1][1]["message"]
     assert chain.released and rt.active == {}
     r = client.post("/api/generate", json={"prompt": "x", "max_tokens": 10, "stream": False})
     assert r.status_code == 502 and "worker-2" in r.json["error"]["message"]
+
+
+def test_mid_reply_failure_is_replayed_and_the_reply_completes(tiny_model):
+    clean = FakeChain(2)
+    client, _ = make_client(tiny_model, clean)
+    expected = client.post("/api/generate", json={"prompt": "abc", "max_tokens": 6, "stream": False}).json
+    chain = FakeChain(2, fail_at_step=3, fail_times=1)
+    client, rt = make_client(tiny_model, chain, recovery_wait_s=0.5)
+    out = client.post("/api/generate", json={"prompt": "abc", "max_tokens": 6, "stream": False}).json
+    assert out["token_ids"] == expected["token_ids"] and out["metrics"]["recoveries"] == 1
+    prompt_len = out["metrics"]["prompt_tokens"]
+    # step 3 failed; the replay sends prompt + the 3 tokens so far from position 0
+    replay = [s for s in chain.steps if s[1] == 0][1]
+    assert replay[2] == prompt_len + 3
+    assert rt.active == {}
 
 
 def test_too_many_requests_get_429_with_retry_after(tiny_model):
