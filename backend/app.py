@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -29,6 +30,7 @@ def sse(event: str, data: dict) -> str:
 
 def create_app(settings: RootSettings | None = None, runtime: Runtime | None = None) -> Flask:
     settings = settings or RootSettings.from_env()
+    torch.set_num_threads(settings.threads)  # the LM head runs on the root's CPU share, like the workers' layers
     if runtime is None:
         runtime = Runtime(settings)
         runtime.start()

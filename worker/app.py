@@ -16,10 +16,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from common.config import WorkerSettings
 from common.errors import error_response
+from common.cpu import read_cgroup_quota
 from common.frame import FrameError, decode_frame, encode_frame
+from common.placement import memory_report, read_cgroup_memory, read_host_memory
 from common.split import Shard
 
 from .caches import CacheFull, KVCacheStore
+from .quantize import quantized_engine
 from .shard import DecoderSlice
 
 log = logging.getLogger("worker")
@@ -83,6 +86,19 @@ class WorkerState:
                 self.status, self.error = "error", f"{type(exc).__name__}: {exc}"
 
 
+def device_report(settings: WorkerSettings, state: WorkerState) -> dict:
+    """What placement needs to know about this "device": its CPU share and its memory."""
+    quota, period = read_cgroup_quota()
+    cgroup_limit, cgroup_used = read_cgroup_memory()
+    host_total, host_available = read_host_memory()
+    held = state.slice.weight_bytes if state.slice is not None else 0
+    memory = memory_report(cgroup_limit=cgroup_limit, cgroup_used=cgroup_used, host_total=host_total,
+                           host_available=host_available, declared_limit=settings.memory_limit_bytes,
+                           process_rss=psutil.Process().memory_info().rss, held_bytes=held)
+    return {"threads": settings.threads, "cpus": round(quota / period, 3) if quota and period else None,
+            "held_weight_bytes": held, **memory}
+
+
 def create_app(settings: WorkerSettings | None = None) -> Flask:
     settings = settings or WorkerSettings.from_env()
     torch.set_num_threads(settings.threads)
@@ -100,7 +116,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         a = state.assignment
         body = {"status": state.status, "error": state.error, "threads": settings.threads, "pid": os.getpid(),
                 "name": a.name if a else None, "layers": [a.shard.start, a.shard.end] if a else None,
-                "assignment": a.describe() if a else None}
+                "assignment": a.describe() if a else None, "device": device_report(settings, state)}
         return jsonify(body), 200 if state.status == "ready" else 503
 
     @app.post("/v1/load")
@@ -133,8 +149,11 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             "layers": [sl.shard.start, sl.shard.end] if sl else None,
             "loaded_tensors": sl.loaded_tensor_names if sl else [],
             "weight_bytes": sl.weight_bytes if sl else 0,
+            "dtype": sl.dtype_name if sl else None,
+            "quantized_engine": quantized_engine() if sl and sl.dtype_name == "int8" else None,
             "caches": state.caches.ids(),
             "rss_bytes": psutil.Process().memory_info().rss,
+            "device": device_report(settings, state),
         })
 
     @app.post("/v1/forward")

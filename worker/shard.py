@@ -1,4 +1,9 @@
-"""A worker's slice of a Llama model: decoder layers [start, end), loaded tensor by tensor."""
+"""A worker's slice of a Llama model: decoder layers [start, end), loaded layer by layer.
+
+dtype float32 | bfloat16 | float16: weights and compute in that dtype.
+dtype int8: each layer is loaded in float32 and its projections quantized to int8 at once (so the
+float32 copy of only one layer exists at a time); compute, activations and KV cache stay float32.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +16,15 @@ from common.model_info import load_config
 from common.split import Shard
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names, torch_dtype
 
+from .quantize import quantize_int8, quantized_weight_bytes
+
+QUANTIZED = ("int8",)
+
+
+def compute_dtype(dtype_name: str) -> torch.dtype:
+    """The dtype the layers compute (and cache) in: float32 for int8 weights."""
+    return torch.float32 if dtype_name in QUANTIZED else torch_dtype(dtype_name)
+
 
 class DecoderSlice:
     """Stock transformers decoder layers for one shard; nothing of the rest of the model is held."""
@@ -21,24 +35,33 @@ class DecoderSlice:
         n_layers = self.config.num_hidden_layers
         if not 0 <= shard.start < shard.end <= n_layers:
             raise ValueError(f"layers [{shard.start}, {shard.end}) are outside the model's 0..{n_layers}")
-        dtype = torch_dtype(dtype_name)
+        dtype = compute_dtype(dtype_name)
         index = WeightIndex(model_dir)
-        names = layer_tensor_names(index.names(), shard.start, shard.end)
-        tensors = index.load(names, dtype)
-        self.loaded_tensor_names = sorted(tensors)
+        all_names = index.names()
+        self.loaded_tensor_names: list[str] = []
         self.layers = torch.nn.ModuleList()
         for local_idx, global_idx in enumerate(range(shard.start, shard.end)):
+            names = layer_tensor_names(all_names, global_idx, global_idx + 1)
+            tensors = index.load(names, dtype)
+            self.loaded_tensor_names += names
             # The local index is the KV cache's layer slot; the cache holds only this slice's layers.
             with torch.device("meta"):
                 layer = LlamaDecoderLayer(self.config, layer_idx=local_idx)
             prefix = layer_prefix(global_idx)
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = {k[len(prefix):]: v for k, v in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)
+            del tensors, state
+            if dtype_name in QUANTIZED:
+                quantize_int8(layer)  # the float32 matrices of this layer are freed here
             self.layers.append(layer.eval())
+        self.loaded_tensor_names.sort()
         self.rotary = LlamaRotaryEmbedding(self.config)
         self.hidden_size = self.config.hidden_size
         self.dtype = dtype
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        if dtype_name in QUANTIZED:
+            self.weight_bytes = quantized_weight_bytes(self.layers)
+        else:
+            self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
 
     @torch.inference_mode()
     def forward(self, hidden: torch.Tensor, cache: DynamicCache, start_pos: int) -> torch.Tensor:
