@@ -2,7 +2,7 @@
 # BASE_IMAGE defaults to Debian's official image; with no registry, scripts/build-base-image.sh
 # makes the same thing locally with debootstrap + docker import.
 ARG BASE_IMAGE=debian:trixie-slim
-FROM ${BASE_IMAGE} AS runtime
+FROM ${BASE_IMAGE} AS deps
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -26,14 +26,10 @@ COPY wheels /tmp/wheels
 RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheels; export PIP_NO_INDEX PIP_FIND_LINKS; fi \
  && pip install -r /tmp/requirements.txt
 WORKDIR /app
-COPY common ./common
-COPY backend ./backend
-COPY worker ./worker
-COPY frontend ./frontend
-COPY model_downloader ./model_downloader
 
-# The test image: the runtime plus the browser, the docker client and the test tools.
-FROM runtime AS dev
+# The test image: the dependencies plus the browser, the docker client and the test tools; the code
+# is mounted, not copied, so a code change does not rebuild it.
+FROM deps AS dev
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       chromium docker-cli docker-compose python3-hypothesis python3-matplotlib python3-psutil \
@@ -42,3 +38,12 @@ RUN apt-get update \
 COPY requirements-dev.txt /tmp/requirements-dev.txt
 RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheels; export PIP_NO_INDEX PIP_FIND_LINKS; fi \
  && pip install -r /tmp/requirements-dev.txt && rm -rf /tmp/wheels
+
+# The service image (root, workers, downloader): the dependencies plus the code.
+FROM deps AS runtime
+WORKDIR /app
+COPY common ./common
+COPY backend ./backend
+COPY worker ./worker
+COPY frontend ./frontend
+COPY model_downloader ./model_downloader
