@@ -15,6 +15,7 @@ from common.errors import error_response
 
 from .chain import WorkerFailure
 from .openai_api import openai_blueprint
+from .placement_api import placement_blueprint
 from .prom import PromMetrics
 from .runs import ApiError, ClosingStream, Run, admit, json_body
 from .runtime import Runtime
@@ -40,6 +41,7 @@ def create_app(settings: RootSettings | None = None, runtime: Runtime | None = N
     app.extensions["runtime"] = runtime
     frontend = Path(settings.frontend_dir)
     app.register_blueprint(openai_blueprint(runtime))
+    app.register_blueprint(placement_blueprint(runtime))
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):

@@ -127,7 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--latency-ms", default="0,0", help="MIN,MAX injected per link, uniform")
     ap.add_argument("--port", type=int, default=5000)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
+    ap.add_argument("--placement", default="", choices=["", "even", "manual", "threads", "memory", "fit"],
+                    help="how layers are placed (default: manual with --layer-split, else even)")
     ap.add_argument("--layer-split", default="", help="manual layer counts per worker, like 8,8,6")
     ap.add_argument("--seed", type=int, default=0, help="seed of the latency generator")
     ap.add_argument("--logs", default="", help="folder for each process's log (default: discard)")
@@ -137,8 +139,9 @@ def main(argv=None) -> int:
     log_dir = Path(args.logs) if args.logs else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
+    extra_env = {"PLACEMENT": args.placement} if args.placement else {}
     cluster = LocalCluster(args.model, args.workers, args.threads, args.latency_ms, args.port, args.dtype,
-                           args.layer_split, args.seed, log_dir=log_dir)
+                           args.layer_split, args.seed, extra_env=extra_env, log_dir=log_dir)
     try:
         cluster.start()
     except (RuntimeError, TimeoutError) as exc:

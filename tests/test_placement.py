@@ -182,11 +182,11 @@ class TestEstimate:
         assert w.weight_bytes == 9 * 60_821_504 * 4  # 60.8 M parameters per layer
         assert w.kv_bytes == 9 * 2 * 512 * 4096 * 8 * 4  # K and V, 8 heads x 64, 4096 tokens x 8 requests
         assert p.shortfalls() == []
-        # bfloat16 halves both; int8 quarters the weights but keeps a float32 cache
+        # bfloat16 halves both; int8 halves the weights too (int8 + the kernel's packed copy), float32 cache
         bf16 = plan("memory", shape, workers, "bfloat16", 4096, 8).workers[0]
         int8 = plan("memory", shape, workers, "int8", 4096, 8).workers[0]
         assert bf16.weight_bytes * 2 == w.weight_bytes and bf16.kv_bytes * 2 == w.kv_bytes
-        assert int8.kv_bytes == w.kv_bytes and w.weight_bytes / int8.weight_bytes == pytest.approx(3.97, abs=0.01)
+        assert int8.kv_bytes == w.kv_bytes and w.weight_bytes / int8.weight_bytes == pytest.approx(1.99, abs=0.01)
 
     def test_a_slice_that_does_not_fit_names_the_worker_and_the_shortfall(self):
         p = plan("even", shape_of("llama-3.2-1b"), devs(16, 16, 1), "float32", 4096, 8)
@@ -205,8 +205,8 @@ class TestEstimate:
         assert all(w.fits for w in long.workers)
         with pytest.raises(PlacementError, match="fits on no set of workers"):
             plan("fit", shape, devs(2, 2), "float32", 4096, 8)
-        # int8: 56 MiB of weights + 16 MiB of cache a layer: 1 GiB holds 14 layers, 512 MiB 7
-        assert plan("fit", shape, devs(1, 0.5), "int8", 4096, 1).counts == [11, 5]
+        # int8: 117 MiB of weights + 16 MiB of cache a layer: 2 GiB holds 15 layers, 1 GiB 7
+        assert plan("fit", shape, devs(2, 1), "int8", 4096, 1).counts == [11, 5]
 
     def test_memory_report(self):
         common = dict(host_total=24 * GiB, host_available=20 * GiB, process_rss=300 * MiB, held_bytes=0)
@@ -348,8 +348,10 @@ def _prompt_ids(model):
 
 # -- the estimate against a real worker's RSS ---------------------------------------------------
 
-RSS_TOLERANCE = 0.10  # |measured - estimated| <= 10 % of the estimate + 16 MiB of allocator slack
-RSS_SLACK = 16 * MiB
+# The worker's RSS grows by the estimate + at most 5 % + 48 MiB, once loaded and after a first
+# request: what is set up once per process (the loader thread's arena, kernels, buffers) and the
+# allocator's slack. Measured here: +16 to +32 MiB once loaded, +28 to +41 MiB after a request.
+TOLERANCE, SLACK = 0.05, 48 * MiB
 
 
 @pytest.fixture(scope="module")
@@ -395,16 +397,27 @@ def test_estimate_matches_the_rss_of_a_real_worker(tinyllama_layers, logs_dir, d
         while requests.get(url + "/healthz").json()["status"] == "loading":
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        estimate = 3 * shape.layer_weight_bytes(dtype)
         info = requests.get(url + "/v1/info").json()
         assert info["dtype"] == dtype, info
-        estimate = 3 * shape.layer_weight_bytes(dtype)
-        measured = info["rss_bytes"] - empty
-        print(f"{dtype}: estimate {estimate / MiB:.1f} MiB, held {info['weight_bytes'] / MiB:.1f} MiB, "
-              f"RSS grew {measured / MiB:.1f} MiB ({measured / estimate - 1:+.1%})")
         assert info["weight_bytes"] == estimate  # what the slice holds is exactly the estimate
-        assert abs(measured - estimate) <= RSS_TOLERANCE * estimate + RSS_SLACK
+        loaded = info["rss_bytes"] - empty
+        # one short request: buffers set up once (and qnnpack, not used here, packs its int8 copy then)
+        import torch
+
+        from common.frame import encode_frame
+        x = torch.randn(1, 8, 2048)
+        r = requests.post(url + "/v1/forward", data=encode_frame({"request_id": "r", "start_pos": 0, "delays_ms": [0]}, x))
+        assert r.status_code == 200
+        requests.post(url + "/v1/release", json={"request_id": "r"})
+        info = requests.get(url + "/v1/info").json()
+        serving = info["rss_bytes"] - empty
+        print(f"{dtype}: estimate {estimate / MiB:.1f} MiB; RSS grew {loaded / MiB:.1f} MiB once loaded "
+              f"({loaded / estimate - 1:+.1%}), {serving / MiB:.1f} MiB after a first request ({serving / estimate - 1:+.1%})")
+        assert 0 <= loaded - estimate <= TOLERANCE * estimate + SLACK
+        assert 0 <= serving - estimate <= TOLERANCE * estimate + SLACK
         device = info["device"]
         assert device["held_weight_bytes"] == estimate and device["memory_available_bytes"] > 0
     finally:
-        os.killpg(proc.pid, 15)
+        os.killpg(proc.pid, 9)
         proc.wait(10)

@@ -6,6 +6,8 @@ float32 copy of only one layer exists at a time); compute, activations and KV ca
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 from pathlib import Path
 
 import torch
@@ -24,6 +26,16 @@ QUANTIZED = ("int8",)
 def compute_dtype(dtype_name: str) -> torch.dtype:
     """The dtype the layers compute (and cache) in: float32 for int8 weights."""
     return torch.float32 if dtype_name in QUANTIZED else torch_dtype(dtype_name)
+
+
+def release_freed_memory() -> None:
+    """Hands the loader's freed copies (dtype casts, float32 layers before int8) back to the system:
+    glibc keeps freed heap memory otherwise, and a small device would count it as used."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        pass
 
 
 class DecoderSlice:
@@ -62,6 +74,7 @@ class DecoderSlice:
             self.weight_bytes = quantized_weight_bytes(self.layers)
         else:
             self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
+        release_freed_memory()
 
     @torch.inference_mode()
     def forward(self, hidden: torch.Tensor, cache: DynamicCache, start_pos: int) -> torch.Tensor:
