@@ -825,7 +825,8 @@ function drawHistoryChart() {
 
 // The cluster's shape: when it changes (a different model or worker set), the panel is rebuilt.
 function clusterShape(cluster) {
-  return JSON.stringify((cluster.workers || []).map((w) => [w.name, w.layers]));
+  return JSON.stringify((cluster.workers || []).map((w) => [w.name, w.layers, w.threads, w.memory_limit_bytes,
+    w.estimate && w.estimate.total_bytes]));
 }
 
 function nodeEntry(key, title, sub, meta) {
@@ -846,16 +847,32 @@ function nodeEntry(key, title, sub, meta) {
     el("p", { class: "node-error", hidden: true }));
 }
 
+function workerMeta(w) {
+  const parts = [plural(w.threads, "thread")];
+  if (isNum(w.memory_limit_bytes)) parts.push(`limit ${fmtBytes(w.memory_limit_bytes)}`);
+  const est = w.estimate;
+  if (est && isNum(est.total_bytes)) {
+    parts.push(`needs ≈ ${fmtBytes(est.total_bytes)} (weights ${fmtBytes(est.weight_bytes)} + KV ${fmtBytes(est.kv_bytes)})`);
+  }
+  parts.push(w.url || "");
+  return parts.join(" · ");
+}
+
 function buildClusterPanel(cluster) {
   const workers = cluster.workers || [];
   const lat = cluster.latency || {};
   const linkText = isNum(lat.min_ms) ? `link: ${fmt(lat.min_ms, 0)}–${fmt(lat.max_ms, 0)} ms injected` : "link";
   const items = [nodeEntry("root", "root", "", `tokenizer, embedding, sampling · ${plural(cluster.threads_root, "thread")}`)];
+  // Idle workers (placement "fit") hold no layers and are not on the chain: listed after it.
   workers.forEach((w, i) => {
+    if (w.idle) return;
     items.push(el("li", { class: "link", "aria-hidden": "true", text: `↓ ${linkText}` }));
-    items.push(nodeEntry(`worker-${i + 1}`, w.name || `worker ${i + 1}`, fmtLayers(w.layers), `${plural(w.threads, "thread")} · ${w.url || ""}`));
+    items.push(nodeEntry(`worker-${i + 1}`, w.name || `worker ${i + 1}`, fmtLayers(w.layers), workerMeta(w)));
   });
   items.push(el("li", { class: "link", "aria-hidden": "true", text: `↩ back to root · ${linkText}` }));
+  workers.forEach((w, i) => {
+    if (w.idle) items.push(nodeEntry(`worker-${i + 1}`, w.name || `worker ${i + 1}`, "idle: no layers", workerMeta(w)));
+  });
   $("cluster").replaceChildren(...items);
   // The sparklines keep their history across a rebuild when the node keys stay.
   for (const key of [...state.series.keys()]) if (!$("cluster").querySelector(`[data-node="${key}"]`)) state.series.delete(key);
@@ -984,7 +1001,10 @@ function renderStats(stats) {
     node.querySelector(".cpu").textContent = cpuText;
     node.querySelector(".cpu").title = "100% = one core fully busy";
     const memLimit = isNum(c.mem_limit_bytes) && c.mem_limit_bytes > 0 ? c.mem_limit_bytes : null;
-    node.querySelector(".mem").textContent = `${fmtBytes(c.mem_bytes)}${memLimit ? ` of ${fmtBytes(memLimit)}` : ""}`;
+    const idx = key.startsWith("worker-") ? Number(key.slice(7)) - 1 : -1;
+    const est = idx >= 0 && workers[idx] && workers[idx].estimate;
+    const estText = est && isNum(est.total_bytes) ? ` · est. ${fmtBytes(est.total_bytes)}` : "";
+    node.querySelector(".mem").textContent = `${fmtBytes(c.mem_bytes)}${memLimit ? ` of ${fmtBytes(memLimit)}` : ""}${estText}`;
     drawSparkline(node.querySelector(".cpu-spark"), series.cpu, 100 * (cores || 1), cssVar("--cpu"));
     // Memory is scaled to its own peak (+25%): against the limit a slice's few MiB would be a flat line.
     drawSparkline(node.querySelector(".mem-spark"), series.mem, 1.25 * Math.max(...series.mem), cssVar("--mem"));

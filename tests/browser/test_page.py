@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
-import pages  # noqa: E402
+from . import pages
 
 LONG_PROMPT = "Once upon a time, in a cluster far away,"
 
@@ -27,6 +26,9 @@ def test_cluster_panel_shows_root_two_workers_and_synthetic_banner(local_cluster
     assert [nodes.nth(i).get_attribute("data-node") for i in range(nodes.count())] == ["root", "worker-1", "worker-2"]
     # Each worker shows its slice of layers; the slices together are the model, in order.
     expect(page.locator('#cluster [data-node="worker-1"] .node-layers')).to_contain_text("layers 0–")
+    # The placement's memory estimate beside the measured memory (issue: uneven devices)
+    expect(page.locator('#cluster [data-node="worker-2"] .node-meta')).to_contain_text("needs ≈")
+    expect(page.locator('#cluster [data-node="worker-2"] .mem')).to_contain_text("est.")
     expect(page.locator("#synthetic-banner")).to_be_visible()
     expect(page.locator("#synthetic-banner")).to_contain_text("random")
     expect(page.locator("#model-info")).to_contain_text("Dtype")
