@@ -1,0 +1,131 @@
+"""The pure parts of the benchmarks: statistics, ratios, the bandwidth ceiling, fidelity, breakdowns."""
+import pytest
+
+from bench import stats
+from bench.concurrency import one_round
+from bench.fidelity import fidelity_rows, other_ms
+from bench.inproc import TokenClock
+from bench.pipeline import decode_breakdown, judge
+from bench.profile import hop_table
+from model_downloader.presets import get_preset, layer_param_count, weight_bytes
+
+
+def test_summarize_gives_median_min_max_and_drops_missing_values():
+    assert stats.summarize([3.0, 1.0, None, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "n": 4}
+    assert stats.summarize([None]) == {"median": None, "min": None, "max": None, "n": 0}
+
+
+@pytest.mark.parametrize("value,base,expected", [(9.0, 10.0, 0.9), (None, 1.0, None), (1.0, 0.0, None), (1.0, None, None)])
+def test_ratio(value, base, expected):
+    assert stats.ratio(value, base) == (pytest.approx(expected) if expected else expected)
+
+
+@pytest.mark.parametrize("preset", ["tinyllama-1.1b", "llama-3.2-1b"])
+def test_bytes_per_token_is_every_weight_but_the_unused_embedding_rows(preset):
+    p = get_preset(preset)
+    per_token = stats.decoder_bytes_per_token(layer_param_count(p), p.num_hidden_layers, p.vocab_size,
+                                              p.hidden_size, 4)
+    # untied: everything but the embedding matrix (one row of it is read); tied: the matrix is read as LM head
+    embed_rows_skipped = 0 if p.tie_word_embeddings else p.vocab_size * p.hidden_size - p.hidden_size
+    assert per_token == weight_bytes(p, "float32") - 4 * embed_rows_skipped + (4 * p.hidden_size if p.tie_word_embeddings else 0)
+
+
+def test_tinyllama_reads_about_4_gb_per_token_in_float32():
+    p = get_preset("tinyllama-1.1b")
+    per_token = stats.decoder_bytes_per_token(layer_param_count(p), p.num_hidden_layers, p.vocab_size, p.hidden_size, 4)
+    assert 4.0e9 < per_token < 4.2e9
+
+
+def test_ceiling_is_bandwidth_over_bytes_per_token():
+    assert stats.ceiling_tok_s(2 * 10**9, 10.0) == pytest.approx(5.0)
+    assert stats.ratio(4.5, stats.ceiling_tok_s(2 * 10**9, 10.0)) == pytest.approx(0.9)
+
+
+def test_fidelity_prediction_and_error():
+    assert stats.predicted_ttlt_ms(1000.0, 500.0) == 1500.0
+    assert stats.fidelity_error_pct(1530.0, 1500.0) == pytest.approx(2.0)
+    assert stats.fidelity_error_pct(1470.0, 1500.0) == pytest.approx(-2.0)
+    reply = {"ttlt_ms": 1515.0, "injected_latency_ms": 500.0, "compute_ms": 700.0, "transport_ms": 15.0}
+    rows = fidelity_rows(1000.0, 200.0, [reply])
+    assert rows == [{"measured_ms": 1515.0, "injected_ms": 500.0, "predicted_ms": 1500.0, "error_pct": pytest.approx(1.0),
+                     "adjusted_predicted_ms": 1415.0, "adjusted_error_pct": pytest.approx(100 / 1415 * 100)}]
+    assert other_ms({"ttlt_ms": 1000.0, "compute_ms": 700.0, "transport_ms": 100.0}) == 200.0
+
+
+def test_aggregate_and_spread():
+    assert stats.aggregate_tok_s([16, 16, 16, 16], 10.0, 14.0) == 16.0
+    assert stats.spread([10.0, 20.0, 30.0, 40.0, 50.0]) == {"p50": 30.0, "p90": 46.0, "max": 50.0}
+
+
+def test_step_breakdown_leaves_the_root_the_rest():
+    b = stats.step_breakdown(tpot_ms=100.0, compute_ms=700.0, transport_ms=35.0, injected_ms=140.0, steps=7)
+    assert b == {"tpot_ms": 100.0, "workers_compute_ms": 100.0, "transport_ms": 5.0,
+                 "injected_ms": 20.0, "root_and_other_ms": pytest.approx(-25.0)}
+
+
+def test_rss_budget_and_targets():
+    assert stats.rss_budget_bytes(1_000_000_000) == 1_500_000_000
+    assert stats.target(0.95, 0.9) == {"value": 0.95, "target": 0.9, "met": True}
+    assert stats.target(0.6, 0.5, higher_is_better=False)["met"] is False
+    assert stats.target(None, 1.0)["met"] is None
+
+
+def reply(compute, transport, tpot=50.0, tokens=9, stages=2):
+    return {"compute_ms": compute, "transport_ms": transport, "injected_latency_ms": 0.0, "tpot_ms": tpot,
+            "completion_tokens": tokens,
+            "stages": [{"link_in": {"transport_ms": transport / (stages + 1)}} for _ in range(stages)],
+            "link_out": {"transport_ms": transport / (stages + 1)}}
+
+
+def test_decode_breakdown_subtracts_the_prefill_twin():
+    replies = [{"full": reply(400.0, 30.0), "prefill": reply(80.0, 6.0, tokens=1)},
+               {"full": reply(480.0, 54.0), "prefill": reply(80.0, 6.0, tokens=1)}]
+    b = decode_breakdown(replies)
+    assert b["workers_compute_ms"] == pytest.approx((40.0 + 50.0) / 2)  # (400-80)/8 and (480-80)/8
+    assert b["transport_ms"] == pytest.approx((3.0 + 6.0) / 2)
+    assert b["root_and_other_ms"] == pytest.approx(50.0 - 45.0 - 4.5)
+
+
+def test_hop_table_names_links_and_gives_decode_transport_per_step():
+    hops = hop_table([{"full": reply(400.0, 30.0), "prefill": reply(80.0, 6.0, tokens=1)}])
+    assert [h["link"] for h in hops] == ["root -> worker-1", "worker-1 -> worker-2", "worker-2 -> root"]
+    assert hops[0]["transport_ms_per_step"]["median"] == pytest.approx((10.0 - 2.0) / 8)
+
+
+def test_judge_reports_each_target_honestly():
+    w = lambda ratio, hop, rss: {"ratio_to_generate": ratio, "fraction_of_ceiling": 0.5,  # noqa: E731
+                                 "hop_transport_ms": {"p50": hop},
+                                 "memory": [{"peak_rss_bytes": rss, "budget_bytes": 1000}]}
+    t = judge({"dtype": "float32", "workers": {"1": w(1.05, 0.3, 900), "4": w(0.8, 0.7, 1200)}})
+    assert t["decode_1_worker_vs_generate"]["met"] is True
+    assert t["decode_4_workers_vs_generate"]["met"] is False
+    assert t["hop_transport_p50_ms"] == {"value": 0.7, "target": 0.5, "met": False}
+    assert t["worker_peak_rss_over_budget"]["value"] == pytest.approx(1.2)
+    assert t["float32_fraction_of_ceiling"]["met"] is False
+    assert "float32_fraction_of_ceiling" not in judge({"dtype": "bfloat16", "workers": {"1": w(1, 0.1, 1)}})
+
+
+def test_token_clock_skips_the_prompt_and_stamps_each_new_token():
+    clock = TokenClock()
+    clock.put("prompt ids")
+    clock.put(1)
+    clock.put(2)
+    assert len(clock.times) == 2 and clock.times[0] <= clock.times[1]
+
+
+def test_one_round_releases_k_clients_and_sums_their_tokens(monkeypatch):
+    import time
+    monkeypatch.setattr("bench.concurrency.generate",
+                        lambda url, prompt, tokens: (time.sleep(0.05), {"completion_tokens": tokens, "ttft_ms": 5.0})[1])
+    out = one_round("http://x", "p", 10, 4)
+    assert out["ttft_ms"] == [5.0] * 4
+    assert 40 / 1.0 < out["tok_s"] <= 40 / 0.05  # 4 x 10 tokens over one (parallel) round of ~50 ms
+
+
+def test_prompt_of_gives_the_asked_token_count(tiny_model):
+    from transformers import AutoTokenizer
+
+    from bench.common import prompt_of
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    for n in (4, 17):
+        assert len(tok(prompt_of(tok, n)).input_ids) == n
