@@ -32,6 +32,16 @@ def prompt_of(tokenizer, n_tokens: int) -> str:
     return cut if len(tokenizer(cut).input_ids) == n_tokens else text
 
 
+def model_and_prompt(preset: str, model: str, prompt_tokens: int):
+    """The model folder, its tokenizer, a prompt of about prompt_tokens tokens and its ids."""
+    from transformers import AutoTokenizer
+
+    folder = model_dir(preset, model)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    prompt = prompt_of(tokenizer, prompt_tokens)
+    return folder, tokenizer, prompt, list(tokenizer(prompt).input_ids)
+
+
 def generate(url: str, prompt: str, tokens: int, timeout_s: float = 1800) -> dict:
     """One non-streamed reply of exactly `tokens` tokens (ignore_eos); its metrics."""
     r = requests.post(url + "/api/generate", timeout=timeout_s, json={

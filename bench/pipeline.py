@@ -14,7 +14,7 @@ import statistics
 from backend.metrics import reply_metrics
 
 from . import stats
-from .common import emit, local_runs, mmm, model_dir, print_table, prompt_of, quiet_env
+from .common import emit, local_runs, mmm, model_and_prompt, print_table, quiet_env
 from .inproc import hf_generate_times, load_hf, measure_bandwidth_gb_s
 
 ELEM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -102,12 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="replies sent first and not measured")
     args = ap.parse_args(argv)
     quiet_env()
-    from transformers import AutoTokenizer
-
-    model = model_dir(args.preset, args.model)
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    prompt = prompt_of(tokenizer, args.prompt_tokens)
-    prompt_ids = list(tokenizer(prompt).input_ids)
+    model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
     bandwidth_start = measure_bandwidth_gb_s(args.threads)
     hf = hf_baseline(model, args.dtype, args.threads, prompt_ids, args.tokens, args.repeats, args.warmup)
     runs = {}

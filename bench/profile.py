@@ -15,7 +15,7 @@ import psutil
 import torch
 
 from . import stats
-from .common import emit, local_runs, model_dir, peak_rss_bytes, print_table, prompt_of, quiet_env
+from .common import emit, local_runs, model_and_prompt, peak_rss_bytes, print_table, quiet_env
 
 MB = 1e6
 
@@ -111,12 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="cluster replies for transport and memory")
     args = ap.parse_args(argv)
     quiet_env()
-    from transformers import AutoTokenizer
-
-    model = model_dir(args.preset, args.model)
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    prompt = prompt_of(tokenizer, args.prompt_tokens)
-    prompt_ids = list(tokenizer(prompt).input_ids)
+    model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
     prefill, decode, memory, own_peak = profile_in_process(model, args.dtype, args.threads, prompt_ids, args.steps,
                                                            args.warmup, tokenizer)
     replies, workers = local_runs(model, args.workers, args.threads, args.dtype, prompt, args.steps + 1,
