@@ -117,3 +117,28 @@ def test_stopped_worker_gives_a_clear_error_fast_and_recovers_when_started(compo
     compose_cluster.wait_healthy(120)
     r, events = stream(compose_cluster.url, max_tokens=5)
     assert events[-1][0] == "done" and events[-1][1]["metrics"]["completion_tokens"] >= 1
+
+
+def test_uneven_devices_through_compose():
+    """A 2-CPU worker and a 0.5-CPU / 1 GB one (an override file); layers follow the threads."""
+    from .conftest import ComposeCluster
+
+    uneven = ComposeCluster("ddllm-uneven", {"NODES": "1", "MODEL_PRESET": "tiny", "WORKER_CPUS": "2",
+                                             "WORKER_MEMORY": "2g", "PLACEMENT": "threads", "WEB_PORT": "3002",
+                                             "LATENCY_MIN_MS": "0", "LATENCY_MAX_MS": "0"})
+    files = ["-f", "docker-compose.yml", "-f", "tests/compose.uneven.yml"]
+    uneven.compose(*files, "down", "-v", check=False)
+    try:
+        uneven.compose(*files, "up", "-d")
+        uneven.wait_healthy(300)
+        info = requests.get(uneven.url + "/api/cluster").json()
+        workers = {w["name"]: w for w in info["workers"]}
+        assert [w["threads"] for w in info["workers"]] == [2, 1]
+        assert [w["layers"] for w in info["workers"]] == [[0, 3], [3, 4]]  # 4 layers, 2:1
+        assert workers["worker-2"]["memory_limit_bytes"] == 1024**3
+        assert workers["worker-2"]["url"].endswith("worker-small-1:5100")
+        out = requests.post(uneven.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 4, "stream": False},
+                            timeout=60).json()
+        assert [s["layers"] for s in out["metrics"]["stages"]] == [[0, 3], [3, 4]]
+    finally:
+        uneven.compose(*files, "down", "-v", check=False)
