@@ -16,3 +16,14 @@ def read_sse(lines) -> list[tuple[str, dict]]:
         elif line.startswith("data: "):
             events.append((event, json.loads(line[6:])))
     return events
+
+
+def skip_tokens(lines, n: int) -> None:
+    """Reads SSE lines until n token events have gone by (the stream stays open after them)."""
+    seen = 0
+    for line in lines:
+        if line == "event: token":
+            seen += 1
+            if seen == n:
+                return
+    raise AssertionError(f"the stream ended after {seen} of {n} tokens")

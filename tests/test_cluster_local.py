@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from .conftest import hf_greedy, start_cluster
-from .sse import read_sse
+from .sse import read_sse, skip_tokens
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 N_TOKENS = 24
@@ -92,12 +92,7 @@ class TestThreeWorkersWithLatency:
                                                               "ignore_eos": True}, stream=True, timeout=60)
         rid = r.headers["X-Request-Id"]
         lines = r.iter_lines(decode_unicode=True)
-        seen_tokens = 0
-        for line in lines:
-            if line == "event: token":
-                seen_tokens += 1
-                if seen_tokens == 3:
-                    break
+        skip_tokens(lines, 3)
         assert any(rid in requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] for i in range(3))
         assert requests.post(f"{cluster.url}/api/requests/{rid}/cancel").status_code == 200
         rest = "\n".join(lines)
@@ -107,9 +102,7 @@ class TestThreeWorkersWithLatency:
     def test_client_disconnect_frees_caches(self, cluster):
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 1000,
                                                               "ignore_eos": True}, stream=True, timeout=60)
-        for line in r.iter_lines(decode_unicode=True):
-            if line == "event: token":
-                break
+        skip_tokens(r.iter_lines(decode_unicode=True), 1)
         r.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from .conftest import start_cluster
-from .sse import read_sse
+from .sse import read_sse, skip_tokens
 
 PROMPT = "Resilience is a property of systems"
 
@@ -51,12 +51,7 @@ def test_restarted_worker_mid_reply_is_replayed_and_the_reply_completes(tiny_mod
         clean = requests.post(cluster.url + "/api/generate", json={**body, "stream": False}, timeout=120).json()
         r = requests.post(cluster.url + "/api/generate", json=body, stream=True, timeout=120)
         lines = r.iter_lines(decode_unicode=True)
-        seen = 0
-        for line in lines:
-            if line == "event: token":
-                seen += 1
-                if seen == 10:
-                    break
+        skip_tokens(lines, 10)
         cluster.stop_process("worker-2")  # mid-reply: the chain loses its second half
         cluster.start_worker(1)
         events = read_sse(lines)
