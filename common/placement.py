@@ -21,6 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from . import split
 from .split import Shard
 
 MODES = ("even", "manual", "threads", "memory", "fit")
@@ -107,8 +108,7 @@ def even_counts(n_layers: int, n_workers: int) -> list[int]:
     _check(n_layers, n_workers)
     if n_workers > n_layers:
         return [1] * n_layers + [0] * (n_workers - n_layers)
-    base, extra = divmod(n_layers, n_workers)
-    return [base + (1 if i < extra else 0) for i in range(n_workers)]
+    return split.even_counts(n_layers, n_workers)
 
 
 def proportional_counts(n_layers: int, weights: list[float]) -> list[int]:
