@@ -10,6 +10,7 @@ import torch
 
 from common.frame import FrameError, decode_frame, encode_frame
 from common.split import Shard
+from common.wire import StreamClient, data_address
 
 from .metrics import chain_step_timings
 
@@ -34,6 +35,7 @@ class Chain:
         self.workers, self.max_frame_bytes, self.hop_timeout_s = workers, max_frame_bytes, hop_timeout_s
         self._local = threading.local()
         self._names_by_url = {w.url: w.name for w in workers}
+        self._data = StreamClient(data_address(workers[0].url), max_frame_bytes) if workers else None
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -49,17 +51,18 @@ class Chain:
         timeout = self.hop_timeout_s * (len(self.workers) + 1) + sum(delays_ms) / 1e3
         sent_ns = time.time_ns()
         try:
-            resp = self._session().post(first.url + "/v1/forward", data=body, timeout=timeout,
-                                        headers={"Content-Type": "application/octet-stream"})
-        except requests.Timeout:
+            reply = self._data.call(body, timeout)
+        except TimeoutError:
             raise WorkerFailure(f"{first.name} ({first.url}) did not answer within {timeout:g} s", first.name, 504)
-        except requests.RequestException as exc:
+        except FrameError as exc:
+            raise WorkerFailure(f"{first.name} ({first.url}) sent a bad reply: {exc}", first.name)
+        except OSError as exc:
             raise WorkerFailure(f"{first.name} ({first.url}) is unreachable: {type(exc).__name__}", first.name)
         returned_ns = time.time_ns()
-        if resp.status_code != 200:
-            raise self._failure_from(resp)
         try:
-            header, out = decode_frame(resp.content, self.max_frame_bytes)
+            header, out = decode_frame(reply, self.max_frame_bytes)
+            if isinstance(header.get("error"), dict):
+                raise self._failure_from(header["error"])
             records = header["stages"]
             if out is None or not isinstance(records, list) or len(records) != len(self.workers):
                 raise FrameError("the chain's reply lacks hidden states or a stage per worker")
@@ -68,20 +71,16 @@ class Chain:
         final_delay = delays_ms[-1]
         if final_delay > 0:
             time.sleep(final_delay / 1e3)  # the last link, worker N -> root
-        return out, chain_step_timings(sent_ns, records, returned_ns, final_delay, len(body), len(resp.content))
+        return out, chain_step_timings(sent_ns, records, returned_ns, final_delay, len(body), len(reply))
 
-    def _failure_from(self, resp: requests.Response) -> WorkerFailure:
-        try:
-            err = resp.json()["error"]
-            message, worker = err["message"], err.get("worker")
-            failed_next = err.get("failed_next")
-            if failed_next in self._names_by_url:
-                worker = self._names_by_url[failed_next]
-                message = f"{worker} is down or unreachable ({message})"
-        except (ValueError, KeyError, TypeError):
-            message, worker = f"HTTP {resp.status_code} from the chain", None
-        status = 429 if resp.status_code == 429 else 502
-        return WorkerFailure(message, worker, status)
+    def _failure_from(self, err: dict) -> WorkerFailure:
+        message, worker = str(err.get("message")), err.get("worker")
+        failed_next = err.get("failed_next")
+        if failed_next in self._names_by_url:
+            worker = self._names_by_url[failed_next]
+            message = f"{worker} is down or unreachable ({message})"
+        status = 429 if err.get("status") == 429 else 502
+        return WorkerFailure(message, worker if isinstance(worker, str) else None, status)
 
     def release(self, request_id: str) -> None:
         """Free the request's KV cache on every worker; best effort, a down worker has none anyway."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from common.wire import DATA_PORT_OFFSET
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +25,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_worker_port() -> int:
+    """A free port whose next one is free too: a worker serves HTTP on it and its data plane on +1."""
+    for _ in range(100):
+        port = free_port()
+        if port >= 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + DATA_PORT_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("found no pair of free ports")
 
 
 class LocalCluster:
@@ -36,7 +53,7 @@ class LocalCluster:
         self.port = port or free_port()
         self.extra_env = extra_env or {}
         self.log_dir = log_dir
-        self.worker_ports = [free_port() for _ in range(workers)]
+        self.worker_ports = [free_worker_port() for _ in range(workers)]
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property

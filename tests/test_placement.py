@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from backend.cluster import Cluster
-from backend.local import REPO, LocalCluster, free_port
+from backend.local import REPO, LocalCluster, free_worker_port
 from common.config import RootSettings
 from common.placement import (
     GiB, MiB, Device, ModelShape, PlacementError, even_counts, fit_counts, layer_counts, memory_report, plan,
@@ -366,7 +366,7 @@ def tinyllama_layers(tmp_path_factory) -> Path:
 
 
 def _worker_process(model: Path, logs_dir: Path, name: str):
-    port = free_port()
+    port = free_worker_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOST": "127.0.0.1", "PORT": str(port), "THREADS": "1",
            "MODEL_ROOTS": str(model.parent)}
     out = open(logs_dir / f"{name}.log", "ab")

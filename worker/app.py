@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import psutil
-import requests
 import torch
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -18,6 +17,7 @@ from common.config import WorkerSettings
 from common.errors import error_response
 from common.cpu import read_cgroup_quota
 from common.frame import FrameError, decode_frame, encode_frame
+from common.wire import DATA_PORT_OFFSET, StreamClient, StreamServer, data_address, error_frame
 from common.placement import memory_report, read_cgroup_memory, read_host_memory
 from common.split import Shard
 
@@ -63,12 +63,14 @@ class WorkerState:
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
         self.load_lock = threading.Lock()
-        self.http = threading.local()
+        self._clients: dict[str, StreamClient] = {}
 
-    def session(self) -> requests.Session:
-        if not hasattr(self.http, "session"):
-            self.http.session = requests.Session()
-        return self.http.session
+    def next_client(self, next_url: str) -> StreamClient:
+        """The data-plane client to the next worker (kept per address: a reload may change it)."""
+        client = self._clients.get(next_url)
+        if client is None:
+            client = self._clients[next_url] = StreamClient(data_address(next_url), self.settings.max_frame_bytes)
+        return client
 
     def load(self, assignment: Assignment) -> None:
         with self.load_lock:
@@ -116,7 +118,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         a = state.assignment
         body = {"status": state.status, "error": state.error, "threads": settings.threads, "pid": os.getpid(),
                 "name": a.name if a else None, "layers": [a.shard.start, a.shard.end] if a else None,
-                "assignment": a.describe() if a else None, "device": device_report(settings, state)}
+                "assignment": a.describe() if a else None, "device": device_report(settings, state),
+                "data_port": settings.port + DATA_PORT_OFFSET}
         return jsonify(body), 200 if state.status == "ready" else 503
 
     @app.post("/v1/load")
@@ -158,58 +161,89 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/v1/forward")
     def forward():
-        recv_ns = time.time_ns()
-        if state.status != "ready" or state.slice is None or state.assignment is None:
-            return error_response(503, f"worker is {state.status}, not ready", worker=_name(state))
-        a, sl = state.assignment, state.slice
-        data = request.get_data(cache=False)
+        # The HTTP door to the same step the data plane serves (curl, tests, tools).
         try:
-            header, hidden = decode_frame(data, settings.max_frame_bytes)
-            rid, start_pos, delays = _check_header(header, hidden, sl.hidden_size, a.index)
-        except FrameError as exc:
-            return error_response(400, f"bad frame: {exc}", worker=a.name)
-        delay_ms = delays[a.index]
-        if delay_ms > 0:
-            time.sleep(delay_ms / 1e3)  # the incoming link's injected latency
-        with state.compute_lock:
-            started = time.perf_counter()
-            try:
-                cache = state.caches.get_or_create(rid, start_pos)
-                out = sl.forward(hidden, cache, start_pos)
-            except CacheFull as exc:
-                return error_response(429, str(exc), worker=a.name)
-            except (KeyError, ValueError) as exc:
-                return error_response(409, str(exc).strip("'\""), worker=a.name)
-            compute_ms = (time.perf_counter() - started) * 1e3
-        record = {"name": a.name, "layers": [a.shard.start, a.shard.end], "recv_ns": recv_ns,
-                  "delay_ms": delay_ms, "compute_ms": compute_ms, "bytes_in": len(data)}
-        frame_header = {"request_id": rid, "start_pos": start_pos, "delays_ms": delays}
-        if a.next_url is None:
-            record["sent_ns"] = time.time_ns()
-            return _frame_response({"stages": [record]}, out)
-        body = encode_frame(frame_header, out)
-        record["sent_ns"] = time.time_ns()
-        try:
-            resp = state.session().post(a.next_url + "/v1/forward", data=body, timeout=settings.hop_timeout_s,
-                                        headers={"Content-Type": "application/octet-stream"})
-        except requests.Timeout:
-            return error_response(504, f"{a.name}: the next worker ({a.next_url}) did not answer within "
-                                       f"{settings.hop_timeout_s:g} s", worker=a.name, failed_next=a.next_url)
-        except requests.RequestException as exc:
-            return error_response(502, f"{a.name}: cannot reach the next worker ({a.next_url}): "
-                                       f"{type(exc).__name__}", worker=a.name, failed_next=a.next_url)
-        if resp.status_code != 200:
-            return resp.content, resp.status_code, {"Content-Type": resp.headers.get("Content-Type", "application/json")}
-        try:
-            down_header, down_hidden = decode_frame(resp.content, settings.max_frame_bytes)
-            stages = down_header.get("stages")
-            if not isinstance(stages, list):
-                raise FrameError("reply has no stages")
-        except FrameError as exc:
-            return error_response(502, f"{a.name}: the next worker sent a bad frame: {exc}", worker=a.name)
-        return _frame_response({"stages": [record] + stages}, down_hidden)
+            return _frame_bytes(forward_step(state, request.get_data(cache=False), time.time_ns()))
+        except ForwardError as exc:
+            return error_response(exc.status, exc.message, **exc.fields)
 
     return app
+
+
+class ForwardError(Exception):
+    """A step that cannot be done: HTTP status, message, and fields for the root (worker, failed_next)."""
+
+    def __init__(self, status: int, message: str, **fields):
+        super().__init__(message)
+        self.status, self.message, self.fields = status, message, fields
+
+    def frame(self) -> bytes:
+        return error_frame(self.status, self.message, **self.fields)
+
+
+def forward_step(state: WorkerState, data: bytes, recv_ns: int) -> bytes:
+    """One frame in, through this slice and the rest of the chain, one reply frame (all stages) out."""
+    settings = state.settings
+    if state.status != "ready" or state.slice is None or state.assignment is None:
+        raise ForwardError(503, f"worker is {state.status}, not ready", worker=_name(state))
+    a, sl = state.assignment, state.slice
+    try:
+        header, hidden = decode_frame(data, settings.max_frame_bytes)
+        rid, start_pos, delays = _check_header(header, hidden, sl.hidden_size, a.index)
+    except FrameError as exc:
+        raise ForwardError(400, f"bad frame: {exc}", worker=a.name) from None
+    delay_ms = delays[a.index]
+    if delay_ms > 0:
+        time.sleep(delay_ms / 1e3)  # the incoming link's injected latency
+    with state.compute_lock:
+        started = time.perf_counter()
+        try:
+            cache = state.caches.get_or_create(rid, start_pos)
+            out = sl.forward(hidden, cache, start_pos)
+        except CacheFull as exc:
+            raise ForwardError(429, str(exc), worker=a.name) from None
+        except (KeyError, ValueError) as exc:
+            raise ForwardError(409, str(exc).strip("'\""), worker=a.name) from None
+        compute_ms = (time.perf_counter() - started) * 1e3
+    record = {"name": a.name, "layers": [a.shard.start, a.shard.end], "recv_ns": recv_ns,
+              "delay_ms": delay_ms, "compute_ms": compute_ms, "bytes_in": len(data)}
+    if a.next_url is None:
+        record["sent_ns"] = time.time_ns()
+        return encode_frame({"stages": [record]}, out)
+    body = encode_frame({"request_id": rid, "start_pos": start_pos, "delays_ms": delays}, out)
+    client = state.next_client(a.next_url)
+    record["sent_ns"] = time.time_ns()
+    try:
+        reply = client.call(body, settings.hop_timeout_s)
+    except TimeoutError:
+        raise ForwardError(504, f"{a.name}: the next worker ({a.next_url}) did not answer within "
+                                f"{settings.hop_timeout_s:g} s", worker=a.name, failed_next=a.next_url) from None
+    except (OSError, FrameError) as exc:
+        raise ForwardError(502, f"{a.name}: cannot reach the next worker ({a.next_url}): {type(exc).__name__}",
+                           worker=a.name, failed_next=a.next_url) from None
+    try:
+        down_header, down_hidden = decode_frame(reply, settings.max_frame_bytes)
+        err = down_header.get("error")
+        if isinstance(err, dict):  # a failure further down: pass it up as it is
+            raise ForwardError(int(err.get("status", 502)), str(err.get("message")),
+                               **{k: v for k, v in err.items() if k in ("worker", "failed_next")})
+        stages = down_header.get("stages")
+        if not isinstance(stages, list):
+            raise FrameError("reply has no stages")
+    except (FrameError, TypeError, ValueError) as exc:
+        raise ForwardError(502, f"{a.name}: the next worker sent a bad frame: {exc}", worker=a.name) from None
+    return encode_frame({"stages": [record] + stages}, down_hidden)
+
+
+def serve_data_plane(state: WorkerState, host: str, port: int) -> StreamServer:
+    """The worker's data port: frames from the previous stage, replies back on the same connection."""
+    def handle(frame: bytearray) -> bytes:
+        recv_ns = time.time_ns()
+        try:
+            return forward_step(state, frame, recv_ns)
+        except ForwardError as exc:
+            return exc.frame()
+    return StreamServer(host, port, handle, state.settings.max_frame_bytes).start()
 
 
 def _name(state: WorkerState) -> str | None:
@@ -230,5 +264,5 @@ def _check_header(header: dict, hidden, hidden_size: int, index: int) -> tuple[s
     return rid, start_pos, [float(d) for d in delays]
 
 
-def _frame_response(header: dict, tensor):
-    return encode_frame(header, tensor), 200, {"Content-Type": "application/octet-stream"}
+def _frame_bytes(frame: bytes):
+    return frame, 200, {"Content-Type": "application/octet-stream"}

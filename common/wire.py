@@ -1,0 +1,199 @@
+"""The data plane: hidden-state frames over kept-open TCP connections, one message and its reply at a time.
+
+HTTP stays for control (load, health, release). A decode step's frame is a few KB, and an HTTP hop
+(request line, headers, WSGI, a thread-pool hand-off, the client library) cost ~1.5 ms here, against
+~0.1 ms for a length-prefixed message on a kept-open socket with Nagle off.
+
+Message: u32 length (little endian) | a DLM1 frame (common.frame). A worker's data port is its HTTP
+port + 1, so one address (the worker's URL) names both.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import socketserver
+import struct
+import threading
+from typing import Callable
+from urllib.parse import urlsplit
+
+from .frame import FrameError, encode_frame
+
+log = logging.getLogger("wire")
+_LEN = struct.Struct("<I")
+DATA_PORT_OFFSET = 1
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed the connection (between messages or, worse, in the middle of one)."""
+
+
+def data_address(url: str) -> tuple[str, int]:
+    """http://host:port (a worker's HTTP address) -> (host, port + 1), its data plane."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"{url!r} must be http://host:port")
+    return parts.hostname, parts.port + DATA_PORT_OFFSET
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise PeerClosed(f"connection closed after {got} of {n} bytes")
+        got += k
+    return buf
+
+
+def read_message(sock: socket.socket, max_bytes: int) -> bytearray:
+    """One message's frame; the length is checked before a byte of the body is read."""
+    (n,) = _LEN.unpack(_recv_exactly(sock, _LEN.size))
+    if n > max_bytes:
+        raise FrameError(f"message of {n} bytes exceeds the limit of {max_bytes}")
+    return _recv_exactly(sock, n)
+
+
+def write_message(sock: socket.socket, frame: bytes) -> None:
+    sock.sendall(_LEN.pack(len(frame)) + frame)  # one send: with Nagle off, two would be two packets
+
+
+def error_frame(status: int, message: str, **fields) -> bytes:
+    return encode_frame({"error": {"status": status, "message": message, **fields}}, None)
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class StreamClient:
+    """One kept-open connection per calling thread to one peer's data port."""
+
+    def __init__(self, address: tuple[str, int], max_bytes: int):
+        self.address, self.max_bytes = address, max_bytes
+        self._local = threading.local()
+
+    def call(self, frame: bytes, timeout: float) -> bytearray:
+        """Send one frame and wait for the reply frame. Raises OSError (TimeoutError, ConnectionError)."""
+        sock = self._connection(timeout)
+        try:
+            sock.settimeout(timeout)
+            write_message(sock, frame)
+            return read_message(sock, self.max_bytes)
+        except BaseException:
+            self.close()  # a half-finished exchange leaves the stream out of step: never reuse it
+            raise
+
+    def _connection(self, timeout: float) -> socket.socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None and _dropped(sock):
+            self.close()
+            sock = None
+        if sock is None:
+            sock = socket.create_connection(self.address, timeout=min(timeout, 10.0))
+            _tune(sock)
+            self._local.sock = sock
+        return sock
+
+    def close(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        self._local.sock = None
+        if sock is not None:
+            sock.close()
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """An idle kept-open connection that is readable has been closed by the peer (e.g. it restarted)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class StreamServer:
+    """Serve `handle(frame) -> reply frame` on a TCP port, a thread per connection, a bounded number of them."""
+
+    def __init__(self, host: str, port: int, handle: Callable[[bytearray], bytes], max_bytes: int,
+                 max_connections: int = 64):
+        self.handle, self.max_bytes = handle, max_bytes
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                outer._serve_connection(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+            def process_request(self, request, client_address):
+                if not outer._slots.acquire(blocking=False):
+                    try:
+                        write_message(request, error_frame(503, f"more than {max_connections} data connections"))
+                    except OSError:
+                        pass
+                    self.shutdown_request(request)
+                    return
+                super().process_request(request, client_address)
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    outer._slots.release()
+
+        self.server = Server((host, port), Handler)
+        self.port = self.server.server_address[1]
+
+    def _serve_connection(self, sock: socket.socket) -> None:
+        _tune(sock)
+        with self._open_lock:
+            self._open.add(sock)
+        try:
+            self._exchange(sock)
+        finally:
+            with self._open_lock:
+                self._open.discard(sock)
+
+    def _exchange(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                frame = read_message(sock, self.max_bytes)
+            except FrameError as exc:  # too large: say so, then drop the stream (its body was not read)
+                try:
+                    write_message(sock, error_frame(400, str(exc)))
+                except OSError:
+                    pass
+                return
+            except OSError:  # closed or reset by the peer: nothing to answer
+                return
+            try:
+                reply = self.handle(frame)
+            except Exception as exc:  # the handler maps expected failures itself; this is the last guard
+                log.exception("data plane handler failed")
+                reply = error_frame(500, f"{type(exc).__name__}: {exc}")
+            try:
+                write_message(sock, reply)
+            except OSError:
+                return
+
+    def start(self) -> "StreamServer":
+        threading.Thread(target=self.server.serve_forever, name="data-plane", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection, as a process that exits would."""
+        self.server.shutdown()
+        self.server.server_close()
+        with self._open_lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
