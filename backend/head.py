@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from common.gemv import linear as gemv_linear
 from common.model_info import load_config
 from common.weights import WeightIndex, torch_dtype
 
@@ -13,7 +14,8 @@ EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_hea
 
 
 class HeadModel:
-    def __init__(self, model_dir: str | Path, dtype_name: str):
+    def __init__(self, model_dir: str | Path, dtype_name: str, gemv: bool = True):
+        self.gemv = gemv
         self.config = load_config(model_dir)
         self.dtype = torch_dtype(dtype_name)
         index = WeightIndex(model_dir)
@@ -35,4 +37,5 @@ class HeadModel:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (1, T, hidden) -> float32 logits (vocab,) of the last position only."""
         last = self.norm(hidden[:, -1:, :].to(self.dtype))
-        return torch.nn.functional.linear(last, self.lm_head_weight)[0, -1].float()
+        project = gemv_linear if self.gemv else torch.nn.functional.linear
+        return project(last, self.lm_head_weight)[0, -1].float()

@@ -73,7 +73,8 @@ class Runtime:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
             self.eos_ids = _eos_ids(self.model_path, self.tokenizer)
             # int8 quantizes the workers' projections; the root's embedding and LM head stay float32.
-            self.head = HeadModel(self.model_path, "float32" if self.settings.dtype == "int8" else self.settings.dtype)
+            self.head = HeadModel(self.model_path, "float32" if self.settings.dtype == "int8" else self.settings.dtype,
+                                  gemv=self.settings.decode_gemv)
             self.model_shape = ModelShape.from_config(json.loads((self.model_path / "config.json").read_text()))
             self.reason = "finding the workers"
             workers = self.workers = self._find_workers()

@@ -28,6 +28,17 @@ def _float(env, name, default):
         raise ValueError(f"{name} must be a number, not {env.get(name)!r}") from None
 
 
+def _switch(env, name, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"{name} must be on or off, not {env.get(name)!r}")
+
+
 def _threads(env, name):
     value = env.get(name, "").strip()
     return int(value) if value else default_threads()
@@ -45,6 +56,7 @@ class WorkerSettings:
     hop_timeout_s: float = 30.0            # the longest this worker waits on the next one
     memory_limit_bytes: int | None = None  # declared device memory (MEMORY_LIMIT_MB): a smaller device
                                            # than its cgroup, or a limit for a local process that has none
+    decode_gemv: bool = True               # float32 one-row products through gemv (common/gemv.py)
 
     @classmethod
     def from_env(cls, env=os.environ) -> "WorkerSettings":
@@ -59,6 +71,7 @@ class WorkerSettings:
             cache_ttl_s=_float(env, "CACHE_TTL_S", 600),
             hop_timeout_s=_float(env, "HOP_TIMEOUT_S", 30),
             memory_limit_bytes=_int(env, "MEMORY_LIMIT_MB", 0) * MiB or None,
+            decode_gemv=_switch(env, "DECODE_GEMV", True),
         )
 
 
@@ -90,6 +103,7 @@ class RootSettings:
     stats_interval_s: float = 1.0
     stats_source: str = "auto"            # auto | docker | local
     worker_port: int = 5100               # port of discovered workers (docker mode)
+    decode_gemv: bool = True              # the LM head's float32 one-row product through gemv
     frontend_dir: str = str(Path(__file__).resolve().parent.parent / "frontend")
 
     def __post_init__(self):
@@ -134,7 +148,7 @@ class RootSettings:
             layer_split=tuple(parse_counts(split)) if split else None,
             placement=env.get("PLACEMENT", "").strip().lower(),
             placement_order=tuple(p.strip() for p in env.get("PLACEMENT_ORDER", "").split(",") if p.strip()),
-            memory_check=env.get("MEMORY_CHECK", "on").strip().lower() not in ("off", "0", "false", "no"),
+            memory_check=_switch(env, "MEMORY_CHECK", True),
             link=link,
             link_overrides=overrides,
             latency_seed=_int(env, "LATENCY_SEED", 0),
@@ -147,5 +161,6 @@ class RootSettings:
             stats_interval_s=_float(env, "STATS_INTERVAL_S", 1.0),
             stats_source=env.get("STATS_SOURCE", "auto"),
             worker_port=_int(env, "WORKER_PORT", 5100),
+            decode_gemv=_switch(env, "DECODE_GEMV", True),
             frontend_dir=env.get("FRONTEND_DIR", cls.frontend_dir),
         )

@@ -79,7 +79,8 @@ class WorkerState:
                 self.slice = None
                 self.caches.clear()
                 started = time.perf_counter()
-                self.slice = DecoderSlice(assignment.model_path, assignment.shard, assignment.dtype)
+                self.slice = DecoderSlice(assignment.model_path, assignment.shard, assignment.dtype,
+                                          gemv=self.settings.decode_gemv)
                 log.info("%s loaded layers [%d, %d) in %.1f s", assignment.name, assignment.shard.start,
                          assignment.shard.end, time.perf_counter() - started)
                 self.status = "ready"

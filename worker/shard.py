@@ -14,6 +14,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
+from common.gemv import use_gemv
 from common.model_info import load_config
 from common.split import Shard
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names, torch_dtype
@@ -41,7 +42,7 @@ def release_freed_memory() -> None:
 class DecoderSlice:
     """Stock transformers decoder layers for one shard; nothing of the rest of the model is held."""
 
-    def __init__(self, model_dir: str | Path, shard: Shard, dtype_name: str):
+    def __init__(self, model_dir: str | Path, shard: Shard, dtype_name: str, gemv: bool = True):
         self.model_dir, self.shard, self.dtype_name = str(model_dir), shard, dtype_name
         self.config = load_config(model_dir)
         n_layers = self.config.num_hidden_layers
@@ -67,6 +68,7 @@ class DecoderSlice:
                 quantize_int8(layer)  # the float32 matrices of this layer are freed here
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
+        self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.rotary = LlamaRotaryEmbedding(self.config)
         self.hidden_size = self.config.hidden_size
         self.dtype = dtype
