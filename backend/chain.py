@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import requests
 import torch
 
+from common.latency import sleep_exactly
 from common.frame import FrameError, decode_frame, encode_frame
 from common.split import Shard
 from common.wire import StreamClient, data_address
@@ -70,7 +71,7 @@ class Chain:
             raise WorkerFailure(f"the chain sent back a bad frame: {exc}")
         final_delay = delays_ms[-1]
         if final_delay > 0:
-            time.sleep(final_delay / 1e3)  # the last link, worker N -> root
+            sleep_exactly(final_delay / 1e3)  # the last link, worker N -> root
         return out, chain_step_timings(sent_ns, records, returned_ns, final_delay, len(body), len(reply))
 
     def _failure_from(self, err: dict) -> WorkerFailure:

@@ -36,6 +36,11 @@ class HeadModel:
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (1, T, hidden) -> float32 logits (vocab,) of the last position only."""
-        last = self.norm(hidden[:, -1:, :].to(self.dtype))
+        return self.lm_head(self.final_norm(hidden))
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden[:, -1:, :].to(self.dtype))
+
+    def lm_head(self, last: torch.Tensor) -> torch.Tensor:
         project = gemv_linear if self.gemv else torch.nn.functional.linear
         return project(last, self.lm_head_weight)[0, -1].float()

@@ -21,23 +21,33 @@ from common.wire import DATA_PORT_OFFSET
 REPO = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()  # ports given to a process of this one: free now, but not twice
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("found no free port")
 
 
 def free_worker_port() -> int:
     """A free port whose next one is free too: a worker serves HTTP on it and its data plane on +1."""
     for _ in range(100):
         port = free_port()
-        if port >= 65535:
+        data = port + DATA_PORT_OFFSET
+        if data > 65535 or data in _handed_out:
             continue
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port + DATA_PORT_OFFSET))
+                s.bind(("127.0.0.1", data))
             except OSError:
                 continue
+        _handed_out.add(data)
         return port
     raise RuntimeError("found no pair of free ports")
 

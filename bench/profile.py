@@ -52,10 +52,10 @@ def timed_pass(head, layers, caches, tokenizer, ids: list[int], start_pos: int, 
         t[f"layer {i}"] = clock() - s
     with torch.inference_mode():
         s = clock()  # HeadModel.logits, split in its two halves
-        last = head.norm(hidden[:, -1:, :].to(head.dtype))
+        last = head.final_norm(hidden)
         t["final norm"] = clock() - s
         s = clock()
-        logits = torch.nn.functional.linear(last, head.lm_head_weight)[0, -1].float()
+        logits = head.lm_head(last)
         t["LM head"] = clock() - s
     s = clock()
     token = int(torch.argmax(logits))

@@ -75,6 +75,12 @@ def target(value: float | None, goal: float, higher_is_better: bool = True) -> d
     return {"value": value, "target": goal, "met": met}
 
 
+def bracketing_means(values: list[float]) -> list[float]:
+    """[a, b, c, d] -> [(a+b)/2, (b+c)/2, (c+d)/2]: each measured reply's baseline, from the baseline
+    replies sent just before and just after it."""
+    return [(a + b) / 2 for a, b in zip(values, values[1:])]
+
+
 def predicted_ttlt_ms(zero_latency_ttlt_ms: float, injected_ms: float) -> float:
     """Fidelity model: the same reply without latency, plus every delay the links actually drew."""
     return zero_latency_ttlt_ms + injected_ms

@@ -46,10 +46,20 @@ def test_fidelity_prediction_and_error():
     assert stats.fidelity_error_pct(1530.0, 1500.0) == pytest.approx(2.0)
     assert stats.fidelity_error_pct(1470.0, 1500.0) == pytest.approx(-2.0)
     reply = {"ttlt_ms": 1515.0, "injected_latency_ms": 500.0, "compute_ms": 700.0, "transport_ms": 15.0}
-    rows = fidelity_rows(1000.0, 200.0, [reply])
+    rows = fidelity_rows([1000.0], 200.0, [reply])
     assert rows == [{"measured_ms": 1515.0, "injected_ms": 500.0, "predicted_ms": 1500.0, "error_pct": pytest.approx(1.0),
                      "adjusted_predicted_ms": 1415.0, "adjusted_error_pct": pytest.approx(100 / 1415 * 100)}]
     assert other_ms({"ttlt_ms": 1000.0, "compute_ms": 700.0, "transport_ms": 100.0}) == 200.0
+    with pytest.raises(ValueError):  # one baseline per reply, no more, no less
+        fidelity_rows([1000.0, 1100.0], 200.0, [reply])
+
+
+def test_each_reply_is_predicted_from_the_baselines_around_it():
+    assert stats.bracketing_means([1000.0, 1100.0, 900.0, 1000.0]) == [1050.0, 1000.0, 950.0]
+    assert stats.bracketing_means([1000.0]) == []
+    replies = [{"ttlt_ms": 1550.0, "injected_latency_ms": 500.0, "compute_ms": 0.0, "transport_ms": 0.0}] * 2
+    rows = fidelity_rows(stats.bracketing_means([1000.0, 1100.0, 1000.0]), 0.0, replies)
+    assert [r["predicted_ms"] for r in rows] == [1550.0, 1550.0] and [r["error_pct"] for r in rows] == [0.0, 0.0]
 
 
 def test_aggregate_and_spread():

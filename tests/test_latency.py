@@ -87,3 +87,15 @@ def test_bad_link_models():
         LinkModel(0, 0, distribution="cauchy")
     with pytest.raises(ValueError):
         LinkModel(0, 0, loss=1.0)
+
+
+def test_sleep_exactly_waits_at_least_the_delay():
+    # Its precision is a figure of bench.fidelity, not asserted here: a loaded machine may preempt.
+    import time
+
+    from common.latency import sleep_exactly
+    for seconds in (0.0, 0.0005, 0.01, 0.05):
+        started = time.perf_counter()
+        sleep_exactly(seconds)
+        waited = time.perf_counter() - started
+        assert seconds <= waited < seconds + 0.05, (seconds, waited)

@@ -37,6 +37,7 @@ def test_loads_only_its_layers(worker, tiny_model):
     assert names and all(n.startswith(("model.layers.1.", "model.layers.2.")) for n in names)
     assert any(n.startswith("model.layers.2.") for n in names)
     assert not any("embed_tokens" in n or "lm_head" in n or n == "model.norm.weight" for n in names)
+    assert worker.get("/v1/info").json["gemv_linears"] == 2 * 7  # float32: every projection of both layers
 
 
 def test_forward_prefill_then_decode_and_release(worker, tiny_model):

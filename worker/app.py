@@ -16,6 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from common.config import WorkerSettings
 from common.errors import error_response
 from common.cpu import read_cgroup_quota
+from common.latency import sleep_exactly
 from common.frame import FrameError, decode_frame, encode_frame
 from common.wire import DATA_PORT_OFFSET, StreamClient, StreamServer, data_address, error_frame
 from common.placement import memory_report, read_cgroup_memory, read_host_memory
@@ -155,6 +156,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             "weight_bytes": sl.weight_bytes if sl else 0,
             "dtype": sl.dtype_name if sl else None,
             "quantized_engine": quantized_engine() if sl and sl.dtype_name == "int8" else None,
+            "gemv_linears": sl.gemv_linears if sl else 0,  # float32 projections decoding through gemv
             "caches": state.caches.ids(),
             "rss_bytes": psutil.Process().memory_info().rss,
             "device": device_report(settings, state),
@@ -195,7 +197,7 @@ def forward_step(state: WorkerState, data: bytes, recv_ns: int) -> bytes:
         raise ForwardError(400, f"bad frame: {exc}", worker=a.name) from None
     delay_ms = delays[a.index]
     if delay_ms > 0:
-        time.sleep(delay_ms / 1e3)  # the incoming link's injected latency
+        sleep_exactly(delay_ms / 1e3)  # the incoming link's injected latency
     with state.compute_lock:
         started = time.perf_counter()
         try:
