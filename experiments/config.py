@@ -27,13 +27,15 @@ class RunConfig:
     repetitions: int = 3           # measured replies; the warm-up ones come on top
     warmup: int = 1                # replies sent first and not recorded
     seed: int = 0                  # latency generator seed
+    max_context: int = 0           # MAX_CONTEXT of the root (0: the compose default); smaller reserves
+                                   # less KV cache memory per worker, which a big model on one node needs
 
     def key(self) -> str:
         """Stable id of a configuration: what results.csv and resuming match on."""
         lo, hi = self.latency_ms
         prompt = hashlib.sha1(self.prompt.encode()).hexdigest()[:8]
         return (f"{Path(self.model).name}|{self.dtype}|n{self.nodes}|t{self.threads}|lat{lo:g}-{hi:g}"
-                f"|tok{self.tokens}|p{prompt}|s{self.seed}")
+                f"|tok{self.tokens}|p{prompt}|s{self.seed}" + (f"|ctx{self.max_context}" if self.max_context else ""))
 
     def latency_label(self) -> str:
         return f"{self.latency_ms[0]:g}-{self.latency_ms[1]:g} ms"
@@ -76,6 +78,8 @@ def build(values: dict) -> RunConfig:
         raise ValueError(f"dtype {cfg.dtype!r}: this project runs float32 or bfloat16")
     if cfg.nodes < 1 or cfg.threads < 1 or cfg.tokens < 1 or cfg.repetitions < 1 or cfg.warmup < 0:
         raise ValueError(f"nodes, threads, tokens, repetitions must be >= 1 and warmup >= 0: {cfg}")
+    if cfg.max_context < 0:
+        raise ValueError(f"max_context must be >= 0 (0: the default), not {cfg.max_context}")
     return cfg
 
 

@@ -24,6 +24,8 @@ def compose_env(cfg: RunConfig, web_port: int) -> dict:
     env = {"NODES": str(cfg.nodes), "WORKER_CPUS": str(cfg.threads), "DTYPE": cfg.dtype,
            "LATENCY_MIN_MS": f"{cfg.latency_ms[0]:g}", "LATENCY_MAX_MS": f"{cfg.latency_ms[1]:g}",
            "LATENCY_SEED": str(cfg.seed), "WEB_PORT": str(web_port)}
+    if cfg.max_context:
+        env["MAX_CONTEXT"] = str(cfg.max_context)
     if is_preset(cfg.model):
         env.update(MODEL_PRESET=cfg.model, MODEL_PATH="")
     else:  # a real model must sit in ./models, mounted at /models
@@ -41,6 +43,9 @@ def wait_healthy(url: str, timeout_s: float, alive=lambda: None) -> None:
             if r.status_code == 200:
                 return
             last = r.text[:300]
+            body = r.json() if r.headers.get("Content-Type", "").startswith("application/json") else {}
+            if body.get("status") == "failed":  # e.g. a placement refused: waiting will not help
+                raise RuntimeError(f"the cluster failed to start: {body.get('reason')}")
         except requests.RequestException as exc:
             last = type(exc).__name__
         time.sleep(1)

@@ -43,6 +43,7 @@ def test_parse_latency(value, expected):
     ({"nodes": 3, "latency_ms": BRANCH_LATENCY}, "no range for 3 nodes"),
     ({"dtype": "q40"}, "float32 or bfloat16"),
     ({"repetitions": 0}, ">= 1"),
+    ({"max_context": -1}, "max_context must be >= 0"),
 ])
 def test_bad_configurations_are_refused_with_the_reason(values, message):
     with pytest.raises(ValueError, match=message):
@@ -53,7 +54,7 @@ def test_keys_are_stable_and_distinguish_every_setting():
     a = sc.build({"nodes": 4, "latency_ms": "10,50"})
     assert a.key() == sc.build({"nodes": 4, "latency_ms": [10, 50]}).key()
     variants = [{"nodes": 2}, {"threads": 2}, {"dtype": "bfloat16"}, {"latency_ms": "10,60"}, {"tokens": 9},
-                {"prompt": "other"}, {"seed": 1}, {"model": "tiny"}]
+                {"prompt": "other"}, {"seed": 1}, {"model": "tiny"}, {"max_context": 1024}]
     keys = {sc.build({"nodes": 4, "latency_ms": "10,50", **v}).key() for v in variants}
     assert len(keys) == len(variants) and a.key() not in keys
 
@@ -81,6 +82,25 @@ def test_compose_env_reshapes_the_cluster_through_its_variables():
                    "LATENCY_MAX_MS": "160", "LATENCY_SEED": "0", "WEB_PORT": "3201",
                    "MODEL_PRESET": "llama-3.2-1b", "MODEL_PATH": ""}
     assert compose_env(sc.build({"model": "/x/models/llama-3.2-1b-real"}), 3201)["MODEL_PATH"] == "/models/llama-3.2-1b-real"
+    assert compose_env(sc.build({"max_context": 1024}), 3201)["MAX_CONTEXT"] == "1024"
+
+
+def test_waiting_for_health_stops_at_once_when_the_cluster_failed(monkeypatch):
+    import time
+
+    from experiments import runners
+
+    class Failed:
+        status_code, headers, text = 503, {"Content-Type": "application/json"}, "failed"
+
+        @staticmethod
+        def json():
+            return {"status": "failed", "reason": "placement refused: worker-1 is short by 1.05 GiB"}
+    monkeypatch.setattr(runners.requests, "get", lambda *a, **k: Failed())
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="short by 1.05 GiB"):
+        runners.wait_healthy("http://x", timeout_s=600)
+    assert time.monotonic() - started < 60  # not the 600 s timeout
 
 
 def test_container_names_are_shortened_for_columns():
