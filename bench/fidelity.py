@@ -38,11 +38,10 @@ def other_ms(reply: dict) -> float:
     return reply["ttlt_ms"] - reply["compute_ms"] - reply["transport_ms"]
 
 
-def interleaved_runs(model, args) -> tuple[list[dict], list[dict]]:
+def interleaved_runs(model, prompt: str, args) -> tuple[list[dict], list[dict]]:
     """(zero-latency replies, latency replies): repeats + 1 of the first, repeats of the second, in turn."""
     from backend.local import LocalCluster
     shape = dict(workers=args.workers, threads=args.threads, dtype=args.dtype)
-    prompt = args.prompt
     with LocalCluster(str(model), latency_ms="0,0", **shape) as zero, \
             LocalCluster(str(model), latency_ms=args.latency_ms, **shape) as lat:
         for _ in range(args.warmup):  # warm-up, not kept
@@ -72,8 +71,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     model = model_dir(args.preset, args.model)
-    args.prompt = prompt_of(AutoTokenizer.from_pretrained(str(model)), args.prompt_tokens)
-    base, lat = interleaved_runs(model, args)
+    prompt = prompt_of(AutoTokenizer.from_pretrained(str(model)), args.prompt_tokens)
+    base, lat = interleaved_runs(model, prompt, args)
     base_ttlt = stats.summarize([r["ttlt_ms"] for r in base])
     base_other = statistics.median(other_ms(r) for r in base)
     rows = fidelity_rows(stats.bracketing_means([r["ttlt_ms"] for r in base]), base_other, lat)
