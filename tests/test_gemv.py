@@ -1,7 +1,9 @@
 """The float32 gemv path: the same product as F.linear (to rounding), only where it pays, and switchable."""
+import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
+from common.config import RootSettings, WorkerSettings
 from common.gemv import GemvLinear, linear, use_gemv, wants_gemv
 from common.split import Shard
 from worker.shard import DecoderSlice
@@ -49,9 +51,6 @@ def test_a_slice_with_and_without_gemv_agree_to_rounding_and_off_is_the_stock_la
 
 
 def test_decode_gemv_is_on_by_default_and_read_from_the_environment():
-    import pytest
-
-    from common.config import RootSettings, WorkerSettings
     assert WorkerSettings.from_env({}).decode_gemv and RootSettings.from_env({}).decode_gemv
     assert not WorkerSettings.from_env({"DECODE_GEMV": "off"}).decode_gemv
     assert not RootSettings.from_env({"DECODE_GEMV": "0"}).decode_gemv

@@ -1,8 +1,9 @@
 import random
+import time
 
 import pytest
 
-from common.latency import LinkModel, RequestDelays, links_for, parse_range, sample_delay_ms
+from common.latency import LinkModel, RequestDelays, links_for, parse_range, sample_delay_ms, sleep_exactly
 
 
 def test_uniform_is_seeded_and_bounded():
@@ -91,9 +92,6 @@ def test_bad_link_models():
 
 def test_sleep_exactly_waits_at_least_the_delay():
     # Its precision is a figure of bench.fidelity, not asserted here: a loaded machine may preempt.
-    import time
-
-    from common.latency import sleep_exactly
     for seconds in (0.0, 0.0005, 0.01, 0.05):
         started = time.perf_counter()
         sleep_exactly(seconds)
