@@ -6,87 +6,127 @@ from __future__ import annotations
 
 import logging
 import threading
-
-import requests
+from typing import Callable
 
 from common.placement import Placement
-from common.split import split_layers
+from common.protocol import LoadAssignment
 
 from .chain import WorkerSpec
+from .control import ControlClient, ControlError
 
 log = logging.getLogger("root.cluster")
 
 
+def chain_specs(workers: list[tuple[str, str]], placement: Placement) -> list[WorkerSpec]:
+    """The workers that hold layers, in chain order (pure)."""
+    if [w.name for w in placement.workers] != [name for name, _ in workers]:
+        raise ValueError("the placement names other workers than the cluster has")
+    return [WorkerSpec(name, url, p.shard) for (name, url), p in zip(workers, placement.workers) if p.shard is not None]
+
+
 class Cluster:
-    def __init__(self, workers: list[tuple[str, str]], n_layers: int, model_path: str, dtype: str,
-                 manual_split: tuple[int, ...] | None, check_interval_s: float = 1.0,
-                 placement: Placement | None = None):
-        if placement is None:
-            shards = split_layers(n_layers, len(workers), list(manual_split) if manual_split else None)
-        else:
-            if [w.name for w in placement.workers] != [name for name, _ in workers]:
-                raise ValueError("the placement names other workers than the cluster has")
-            shards = [w.shard for w in placement.workers]
-        self.placement = placement
+    def __init__(self, workers: list[tuple[str, str]], placement: Placement, model_path: str, dtype: str,
+                 return_address: str, control: ControlClient, check_interval_s: float = 1.0,
+                 rediscover: Callable[[], list[tuple[str, str]]] | None = None):
+        """rediscover(): the workers' current (name, url), for a swarm whose tasks move between hosts."""
+        self.placement, self.model_path, self.dtype, self.return_address = placement, model_path, dtype, return_address
         self.order = [name for name, _ in workers]  # discovery order, idle workers included
-        self.specs = [WorkerSpec(name, url, shard) for (name, url), shard in zip(workers, shards) if shard is not None]
-        self.idle = [(name, url) for (name, url), shard in zip(workers, shards) if shard is None]
-        # Workers report the resolved path: compare like with like.
-        self.model_path, self.dtype, self.check_interval_s = model_path, dtype, check_interval_s
+        self._place(workers)
+        self.control, self.check_interval_s, self.rediscover = control, check_interval_s, rediscover
+        self.listeners: list[Callable[[list[WorkerSpec]], None]] = []  # told when a worker's address changes
         self.status = {name: {"status": "unknown", "error": None, "threads": None} for name, _ in workers}
         for name, _ in self.idle:
             self.status[name]["status"] = "idle"
         self.devices: dict[str, dict] = {}  # the latest "device" report of each worker (threads, memory)
+        self.stats: dict[str, dict] = {}    # the latest own CPU/memory report of each worker (selfstats)
+        self.was_ready = False              # once whole, a worker that is not ready is a degraded cluster
         self._stop = threading.Event()
-        self._session = requests.Session()
 
-    def assignment(self, i: int) -> dict:
-        w = self.specs[i]
-        next_url = self.specs[i + 1].url if i + 1 < len(self.specs) else None
-        return {"name": w.name, "index": i, "start": w.shard.start, "end": w.shard.end,
-                "dtype": self.dtype, "model_path": self.model_path, "next_url": next_url}
+    def _place(self, workers: list[tuple[str, str]]) -> None:
+        self.workers = list(workers)
+        self.specs = chain_specs(workers, self.placement)
+        busy = {w.name for w in self.specs}
+        self.idle = [(name, url) for name, url in workers if name not in busy]
+        self.assignments = {
+            w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
+                                   self.specs[i + 1].address if i + 1 < len(self.specs) else self.return_address)
+            for i, w in enumerate(self.specs)}
+
+    def follow(self) -> None:
+        """A rescheduled task answers at a new address: move it there, and tell the chain."""
+        current = self.rediscover()
+        if [name for name, _ in current] != self.order:
+            log.warning("the workers changed from %s to %s: keeping the placement's", self.order,
+                        [name for name, _ in current])
+            return
+        if current != self.workers:
+            log.info("workers moved: %s", {n: u for (n, u), (_, old) in zip(current, self.workers) if u != old})
+            self._place(current)
+            for listener in self.listeners:
+                listener(self.specs)
+
+    def fresh_stats(self) -> dict[str, dict]:
+        """The latest own CPU/memory report of each worker that is up (a down one reports nothing)."""
+        return {name: s for name, s in self.stats.items() if self.status[name]["status"] not in ("down", "unknown")}
+
+    def _set(self, name: str, status: str, error: str | None = None, threads: int | None = None,
+             pid: int | None = None) -> None:
+        # A down worker keeps the thread count it last reported: the page still shows its device.
+        known = threads if threads is not None else self.status[name].get("threads")
+        self.status[name] = {"status": status, "error": error, "threads": known, "pid": pid}
 
     def check_once(self) -> None:
+        if self.rediscover is not None:
+            try:
+                self.follow()
+            except Exception as exc:  # a task between hosts has no address yet: the health checks say who
+                log.info("re-discovery: %s", exc)
         for name, url in self.idle:
             try:
-                health = self._session.get(url + "/healthz", timeout=2).json()
-                self.devices[name] = health.get("device") or {}
-                self.status[name] = {"status": "idle", "error": None, "threads": health.get("threads")}
-            except (requests.RequestException, ValueError) as exc:
-                self.status[name] = {"status": "down", "error": f"unreachable: {type(exc).__name__}", "threads": None}
-        for i, w in enumerate(self.specs):
-            want = self.assignment(i)
-            try:
-                health = self._session.get(w.url + "/healthz", timeout=2).json()
-            except (requests.RequestException, ValueError) as exc:
-                self.status[w.name] = {"status": "down", "error": f"unreachable: {type(exc).__name__}", "threads": None}
+                health = self.control.health(url)
+            except ControlError as exc:
+                self._set(name, "down", str(exc))
                 continue
-            if isinstance(health.get("device"), dict):
-                self.devices[w.name] = health["device"]
-            if health.get("assignment") == want:
+            self.devices[name] = health.device
+            self._set(name, "idle", threads=health.threads)
+        for w in self.specs:
+            want = self.assignments[w.name]
+            try:
+                health = self.control.health(w.url)
+            except ControlError as exc:
+                self._set(w.name, "down", str(exc))
+                continue
+            self.devices[w.name] = health.device
+            if health.stats is not None:
+                self.stats[w.name] = health.stats
+            if health.assignment == want:
                 # ours: ready, still loading, or failed to load (the error says why; no retry loop)
-                self.status[w.name] = {"status": health.get("status"), "error": health.get("error"),
-                                       "threads": health.get("threads"), "pid": health.get("pid")}
+                self._set(w.name, health.status, health.error, health.threads, health.pid)
                 continue
             # A fresh or restarted worker is empty: give it its slice (again).
             try:
-                resp = self._session.post(w.url + "/v1/load", json=want, timeout=5)
-            except requests.RequestException as exc:
-                self.status[w.name] = {"status": "down", "error": f"unreachable: {type(exc).__name__}", "threads": None}
+                self.control.load(w.url, want)
+            except ControlError as exc:
+                self._set(w.name, "down" if str(exc).startswith("unreachable") else "error", str(exc), health.threads)
                 continue
-            if resp.status_code >= 400:
-                self.status[w.name] = {"status": "error", "error": _message(resp), "threads": health.get("threads")}
-            else:
-                self.status[w.name] = {"status": "loading", "error": None, "threads": health.get("threads")}
+            self._set(w.name, "loading", threads=health.threads)
+        if self.ready():
+            self.was_ready = True
 
     def ready(self) -> bool:
         return all(self.status[w.name]["status"] == "ready" for w in self.specs)
 
+    def not_ready(self) -> list[str]:
+        """Each worker that is not ready, once, in the right words: 'worker-3 is down (unreachable: ...)'."""
+        out = []
+        for w in self.specs:
+            s = self.status[w.name]
+            if s["status"] != "ready":
+                out.append(f"{w.name} is {s['status']}" + (f" ({s['error']})" if s["error"] else ""))
+        return out
+
     def reason(self) -> str:
-        waiting = [f"{w.name} is {self.status[w.name]['status']}"
-                   + (f" ({self.status[w.name]['error']})" if self.status[w.name]["error"] else "")
-                   for w in self.specs if self.status[w.name]["status"] != "ready"]
-        return "; ".join(waiting) or "ready"
+        return "; ".join(self.not_ready()) or "ready"
 
     def start_monitor(self) -> None:
         def loop():
@@ -103,23 +143,17 @@ class Cluster:
 
     def describe(self) -> list[dict]:
         """Every worker in discovery order; idle ones have no layers and are not in the chain."""
-        plans = {p.name: p.describe() for p in self.placement.workers} if self.placement else {}
+        plans = {p.name: p.describe() for p in self.placement.workers}
         urls = {w.name: w.url for w in self.specs} | dict(self.idle)
         layers = {w.name: [w.shard.start, w.shard.end] for w in self.specs}
         out = []
         for name in self.order:
             s, device = self.status[name], self.devices.get(name, {})
-            entry = {"name": name, "url": urls[name], "layers": layers.get(name), "idle": name not in layers, "threads": s["threads"], "status": s["status"], "error": s["error"],
+            entry = {"name": name, "url": urls[name], "layers": layers.get(name), "idle": name not in layers,
+                     "threads": s["threads"], "status": s["status"], "error": s["error"],
                      "memory_limit_bytes": device.get("memory_limit_bytes"),
                      "memory_available_bytes": device.get("memory_available_bytes")}
             if name in plans:
                 entry["estimate"] = {k: plans[name][k] for k in ("weight_bytes", "kv_bytes", "total_bytes", "fits")}
             out.append(entry)
         return out
-
-
-def _message(resp: requests.Response) -> str:
-    try:
-        return resp.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {resp.status_code}"

@@ -8,7 +8,8 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from common.gemv import linear as gemv_linear
 from common.model_info import load_config
-from common.weights import WeightIndex, torch_dtype
+from common.dtypes import torch_dtype
+from common.weights import WeightIndex
 
 EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
 

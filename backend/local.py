@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import requests
 
-from common.wire import DATA_PORT_OFFSET
+from common.auth import HEADER as SECRET_HEADER
+from common.health import wait_healthy
+from common.transport import data_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,11 +38,11 @@ def free_port() -> int:
     raise RuntimeError("found no free port")
 
 
-def free_worker_port() -> int:
-    """A free port whose next one is free too: a worker serves HTTP on it and its data plane on +1."""
+def free_port_pair() -> int:
+    """A free port whose data port is free too: the process serves HTTP on it and its data plane beside it."""
     for _ in range(100):
         port = free_port()
-        data = port + DATA_PORT_OFFSET
+        data = data_port(port)
         if data > 65535 or data in _handed_out:
             continue
         with socket.socket() as s:
@@ -57,13 +60,15 @@ class LocalCluster:
 
     def __init__(self, model: str, workers: int = 2, threads: int = 1, latency_ms: str = "0,0",
                  port: int | None = None, dtype: str = "float32", layer_split: str = "", seed: int = 0,
-                 extra_env: dict | None = None, log_dir: Path | None = None):
+                 extra_env: dict | None = None, log_dir: Path | None = None, repo: Path = REPO):
         self.model, self.n_workers, self.threads = model, workers, threads
         self.latency_ms, self.dtype, self.layer_split, self.seed = latency_ms, dtype, layer_split, seed
-        self.port = port or free_port()
+        self.port = port or free_port_pair()
         self.extra_env = extra_env or {}
         self.log_dir = log_dir
-        self.worker_ports = [free_worker_port() for _ in range(workers)]
+        self.repo = Path(repo)  # the code the processes run: this checkout, or another to compare with
+        self.worker_ports = [free_port_pair() for _ in range(workers)]
+        self.secret = secrets.token_hex(16)  # a fresh cluster secret per cluster: no peer outside it gets in
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
@@ -77,6 +82,10 @@ class LocalCluster:
     def worker_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.worker_ports[i]}"
 
+    def worker_info(self, i: int) -> dict:
+        """A worker's GET /v1/info, with the cluster secret (as the root's own requests carry it)."""
+        return requests.get(self.worker_url(i) + "/v1/info", headers={SECRET_HEADER: self.secret}, timeout=10).json()
+
     def _model_env(self) -> dict:
         path = Path(self.model)
         if (path / "config.json").is_file():
@@ -86,9 +95,9 @@ class LocalCluster:
         return {"MODEL_PRESET": self.model, "SYNTHETIC_DIR": str(synth), "MODEL_ROOTS": str(synth)}
 
     def _spawn(self, name: str, module: str, env: dict) -> None:
-        full = {**os.environ, "PYTHONPATH": str(REPO), "HOST": "127.0.0.1", **env}
+        full = {**os.environ, "PYTHONPATH": str(self.repo), "HOST": "127.0.0.1", "CLUSTER_SECRET": self.secret, **env}
         out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else subprocess.DEVNULL
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", module], env=full, cwd=REPO,
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", module], env=full, cwd=self.repo,
                                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_worker(self, i: int) -> None:
@@ -109,22 +118,13 @@ class LocalCluster:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline, reason = time.monotonic() + timeout_s, "no answer"
-        while time.monotonic() < deadline:
-            dead = [n for n, p in self.procs.items() if p.poll() is not None]
-            if "root" in dead:
+        def alive():
+            if self.procs["root"].poll() is not None:
                 raise RuntimeError(f"the root exited with code {self.procs['root'].returncode}")
-            try:
-                r = requests.get(self.url + "/healthz", timeout=2)
-                if r.status_code == 200:
-                    return
-                reason = r.json().get("reason", reason)
-                if r.json().get("status") == "failed":
-                    raise RuntimeError(reason)
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"the cluster was not ready within {timeout_s:g} s: {reason}")
+        try:
+            wait_healthy(self.url, timeout_s, alive, interval_s=0.2)
+        except TimeoutError as exc:
+            raise TimeoutError(f"the cluster was not ready: {exc}") from None
 
     def stop_process(self, name: str) -> None:
         proc = self.procs.get(name)

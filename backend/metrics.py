@@ -7,11 +7,18 @@ t0 is when the root accepted the request (after validation); token i is "produce
 - itl_ms: the gaps between consecutive tokens (p50, p90, p99).
 - prefill_tok_s: prompt_tokens / ttft.   decode_tok_s: (completion_tokens - 1) / (ttlt - ttft).
 - injected_latency_ms: the sum of every delay injected on every link for this request.
-- per link: transport_ms = time on the wire minus its injected delay (HTTP, framing, copies).
+- per link: transport_ms = time on the wire minus its injected delay (framing, copies, the network).
+- recovery_wait_ms: time spent waiting for a failed worker to come back before a replay.
+- root_other_ms: "root and the rest" = ttlt - compute - transport - injected - recovery_wait: the
+  root's own work (tokenizer, embedding, LM head, sampling) and queueing.
 """
 from __future__ import annotations
 
 import math
+import time
+
+from common.latency import RequestDelays
+from common.protocol import StageRecord
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -74,21 +81,54 @@ class StageTotals:
                 "transport_ms": sum(s["link_in"]["transport_ms"] for s in self.stages) + self.link_out["transport_ms"]}
 
 
-def chain_step_timings(sent_ns: int, records: list[dict], returned_ns: int, final_delay_ms: float,
-                       bytes_out: int, bytes_back: int) -> dict:
+StepTimings = dict  # the output of step_timings(): {"stages": [...], "link_out": {...}}
+
+
+def step_timings(sent_ns: int, records: tuple[StageRecord, ...], returned_ns: int, final_delay_ms: float,
+                 bytes_out: int, bytes_back: int) -> StepTimings:
     """One pass down the chain, from the root's send time, each worker's record and the return time.
 
     All times are wall clock (time.time_ns) of one host: every process and container shares it.
     A worker sleeps its incoming link's delay after it received the frame, so the time on the wire
-    of link i is recv_i - sent_{i-1}, and transport is that time (the delay is not inside it).
+    of link i is recv_i - sent_{i-1}, and transport is that time (the delay is not inside it). The
+    last link is measured from worker N's send to the root's receipt on its data port: one link.
     """
-    stages, prev_sent, prev_bytes = [], sent_ns, bytes_out
+    stages, prev_sent = [], sent_ns
     for rec in records:
-        wire_ms = max(0.0, (rec["recv_ns"] - prev_sent) / 1e6)
-        stages.append({"name": rec["name"], "compute_ms": rec["compute_ms"],
-                       "link_in": {"injected_ms": rec["delay_ms"], "transport_ms": wire_ms,
-                                   "bytes": rec.get("bytes_in", prev_bytes)}})
-        prev_sent = rec["sent_ns"]
+        wire_ms = max(0.0, (rec.recv_ns - prev_sent) / 1e6)
+        stages.append({"name": rec.name, "compute_ms": rec.compute_ms,
+                       "link_in": {"injected_ms": rec.delay_ms, "transport_ms": wire_ms, "bytes": rec.bytes_in}})
+        prev_sent = rec.sent_ns
     back_ms = max(0.0, (returned_ns - prev_sent) / 1e6)
     return {"stages": stages,
             "link_out": {"injected_ms": final_delay_ms, "transport_ms": back_ms, "bytes": bytes_back}}
+
+
+class ReplyMetrics:
+    """The one accumulator of a reply's figures: t0, token times, the drawn delays, stage totals, waits."""
+
+    def __init__(self, t0: float, prompt_tokens: int, delays: RequestDelays, names: list[str], layers: list[list[int]]):
+        self.t0, self.prompt_tokens, self.delays = t0, prompt_tokens, delays
+        self.token_times: list[float] = []
+        self.totals = StageTotals(names, layers)
+        self.recovery_wait_ms = 0.0
+        self.recoveries = 0
+
+    def step(self, timings: StepTimings) -> None:
+        self.totals.add_step(timings)
+
+    def token(self, at: float | None = None) -> None:
+        self.token_times.append(time.perf_counter() if at is None else at)
+
+    def waited(self, ms: float, recovered: bool) -> None:
+        """Time spent waiting for a failed worker to come back; a recovery when it did."""
+        self.recoveries += int(recovered)
+        self.recovery_wait_ms += ms
+
+    def summary(self, failed: bool = False) -> dict:
+        m = reply_metrics(self.t0, self.token_times, self.prompt_tokens, self.delays.total_ms)
+        m.update(self.totals.summary())
+        m["recoveries"], m["recovery_wait_ms"], m["failed"] = self.recoveries, self.recovery_wait_ms, failed
+        accounted = m["compute_ms"] + m["transport_ms"] + self.delays.total_ms + self.recovery_wait_ms
+        m["root_other_ms"] = max(0.0, m["ttlt_ms"] - accounted) if m["ttlt_ms"] is not None else None
+        return m

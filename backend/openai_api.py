@@ -6,16 +6,18 @@ ones that would change the answer and are not supported (n > 1, logprobs, tools)
 """
 from __future__ import annotations
 
-import json
 import time
+from typing import Callable
 
 from flask import Blueprint, Response, jsonify
 
 from .chain import WorkerFailure
+from .replies import sse, status_for
 from .runs import ClosingStream, Run, admit, json_body
 from .runtime import Runtime
 from .validation import BadRequest, parse_generate
 
+ROLES = ("system", "developer", "user", "assistant")  # tool and function roles need tools, refused below
 UNSUPPORTED = {"logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "echo",
                "best_of", "suffix", "response_format", "logit_bias"}
 
@@ -47,6 +49,8 @@ def _messages(body) -> list[dict]:
     for m in msgs:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRequest("each message needs a role and a content")
+        if m["role"] not in ROLES:
+            raise BadRequest(f"message role {m['role'][:40]!r} is not one of {', '.join(ROLES)}")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
@@ -66,11 +70,28 @@ def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def openai_blueprint(runtime: Runtime) -> Blueprint:
+def _prompt(body) -> str:
+    """One prompt: a string, or a list holding exactly one string (as the OpenAI API allows)."""
+    prompt = body.get("prompt") if isinstance(body, dict) else None
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise BadRequest(f"prompt lists are limited to 1 prompt here (got {len(prompt)}) and token-id prompts "
+                             "are not accepted: send one request per prompt")
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string")
+    return prompt
+
+
+def openai_blueprint(serving: Callable[[], Runtime]) -> Blueprint:
+    """serving(): the Runtime, or an ApiError(503) while the root is not ready."""
     bp = Blueprint("openai", __name__)
 
     def model_name() -> str:
-        return runtime.model_path.name if runtime.model_path else "unknown"
+        try:
+            return serving().model_path.name
+        except Exception:  # not ready yet: the list still answers
+            return "unknown"
 
     @bp.get("/v1/models")
     def models():
@@ -81,13 +102,8 @@ def openai_blueprint(runtime: Runtime) -> Blueprint:
     def completions():
         t0 = time.perf_counter()
         body = json_body()
-        prompt = body.get("prompt") if isinstance(body, dict) else None
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
-        params = _common_params(body, prompt, False, 16, 1.0)
-        run = admit(runtime, params, t0)
+        params = _common_params(body, _prompt(body), False, 16, 1.0)
+        run = admit(serving(), params, t0)
         ident = f"cmpl-{run.reply.request_id}"
         shape = lambda text, finish: {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
         return _respond(run, params.stream, body, ident, "text_completion", shape,
@@ -99,7 +115,7 @@ def openai_blueprint(runtime: Runtime) -> Blueprint:
         body = json_body()
         messages = _messages(body)
         params = _common_params(body, messages[-1]["content"] or " ", True, 256, 1.0)
-        run = admit(runtime, params, t0, messages=messages)
+        run = admit(serving(), params, t0, messages=messages)
         ident = f"chatcmpl-{run.reply.request_id}"
 
         def chunk(text, finish):
@@ -119,7 +135,8 @@ def openai_blueprint(runtime: Runtime) -> Blueprint:
             try:
                 final = run.run_to_end()
             except WorkerFailure as exc:
-                return jsonify({"error": {"message": str(exc), "type": "worker_failure"}}), 502
+                return jsonify({"error": {"message": str(exc), "type": "worker_failure", "worker": exc.worker}}), \
+                    status_for(exc)
             finally:
                 run.close()
             return jsonify({**base, "object": kind, "choices": [whole(final)], "usage": _usage(final),
@@ -128,25 +145,24 @@ def openai_blueprint(runtime: Runtime) -> Blueprint:
         chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
 
         def events():
-            def data(obj):
-                return f"data: {json.dumps(obj)}\n\n"
             try:
                 if first_delta:
-                    yield data({**base, "object": chunk_kind,
+                    yield sse({**base, "object": chunk_kind,
                                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                              "finish_reason": None}]})
                 for _, text in run.tokens():
                     if text:
-                        yield data({**base, "object": chunk_kind, "choices": [chunk(text, None)]})
+                        yield sse({**base, "object": chunk_kind, "choices": [chunk(text, None)]})
                 run.close()
                 final = run.final()
-                yield data({**base, "object": chunk_kind, "choices": [chunk("", _finish(final["finish_reason"]))]})
+                yield sse({**base, "object": chunk_kind, "choices": [chunk("", _finish(final["finish_reason"]))]})
                 if include_usage:
-                    yield data({**base, "object": chunk_kind, "choices": [], "usage": _usage(final)})
+                    yield sse({**base, "object": chunk_kind, "choices": [], "usage": _usage(final)})
             except WorkerFailure as exc:
                 run.close()
-                yield data({"error": {"message": str(exc), "type": "worker_failure"}})
-            yield "data: [DONE]\n\n"
+                yield sse({"error": {"message": str(exc), "type": "worker_failure", "worker": exc.worker,
+                                     "status": status_for(exc)}})
+            yield sse("[DONE]")
 
         return Response(ClosingStream(events(), run), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Request-Id": run.reply.request_id})

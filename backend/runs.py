@@ -11,8 +11,8 @@ from flask import request
 from common.latency import RequestDelays
 
 from .chain import WorkerFailure
-from .generation import Reply, final_object, generate
-from .metrics import StageTotals
+from .generation import Event, Reply, generate
+from .metrics import ReplyMetrics
 from .runtime import Runtime
 from .validation import BadRequest, GenerateRequest
 
@@ -56,7 +56,7 @@ def encode_prompt(tokenizer, prompt: str | None, chat: bool, messages: list[dict
 def admit(runtime: Runtime, params: GenerateRequest, t0: float, messages: list[dict] | None = None) -> "Run":
     """Checks readiness, context and the concurrency limit; returns a Run holding a slot."""
     if not runtime.ready():
-        raise ApiError(503, f"the cluster is not ready: {runtime.not_ready_reason()}")
+        raise ApiError(503, f"the cluster is not ready: {runtime.cluster.reason()}")
     prompt_ids = encode_prompt(runtime.tokenizer, params.prompt, params.chat, messages)
     limit = runtime.context_limit()
     if len(prompt_ids) >= limit:
@@ -65,8 +65,12 @@ def admit(runtime: Runtime, params: GenerateRequest, t0: float, messages: list[d
         runtime.prom.rejected.inc()
         raise ApiError(429, f"{runtime.settings.max_concurrent} requests are already running; retry shortly",
                        headers={"Retry-After": "1"})
+    specs = runtime.cluster.specs
+    delays = RequestDelays(runtime.links, runtime.settings.latency_seed, next(runtime.requests_started))
+    metrics = ReplyMetrics(t0, len(prompt_ids), delays, [w.name for w in specs],
+                           [[w.shard.start, w.shard.end] for w in specs])
     reply = Reply(request_id=uuid.uuid4().hex[:16], prompt_ids=prompt_ids, request=params,
-                  max_new_tokens=min(params.max_tokens, limit - len(prompt_ids)), t0=t0)
+                  max_new_tokens=min(params.max_tokens, limit - len(prompt_ids)), metrics=metrics)
     runtime.active[reply.request_id] = reply.cancel
     return Run(runtime, reply)
 
@@ -77,11 +81,8 @@ class Run:
     def __init__(self, runtime: Runtime, reply: Reply):
         self.runtime, self.reply = runtime, reply
         self.wall_start = time.time()
-        self.delays = RequestDelays(runtime.links, runtime.settings.latency_seed, next(runtime.requests_started))
-        self.totals = StageTotals([w.name for w in runtime.cluster.specs],
-                                  [[w.shard.start, w.shard.end] for w in runtime.cluster.specs])
-        self._gen = generate(reply, runtime.head, runtime.chain, runtime.tokenizer, runtime.eos_ids,
-                             self.delays, self.totals, recover=self._wait_for_cluster)
+        self._gen = generate(reply, runtime.engine, runtime.tokenizer, runtime.eos_ids,
+                             recover=self._wait_for_cluster, recovery_wait_s=runtime.settings.recovery_wait_s)
         self._closed = False
         self.failure: WorkerFailure | None = None
         self.result: dict | None = None
@@ -101,8 +102,8 @@ class Run:
             time.sleep(0.2)
         return False
 
-    def tokens(self):
-        """(token id, new text) per token; a WorkerFailure is recorded, then raised."""
+    def events(self):
+        """The reply's events; a WorkerFailure is recorded, then raised."""
         try:
             yield from self._gen
         except WorkerFailure as exc:
@@ -110,15 +111,27 @@ class Run:
             log.warning("request %s failed: %s", self.reply.request_id, exc)
             raise
 
+    def tokens(self):
+        """(token id, new text) per token, for callers that show only tokens."""
+        from .generation import TokenEvent
+        for event in self.events():
+            if isinstance(event, TokenEvent):
+                yield event.token, event.text
+
     def run_to_end(self) -> dict:
-        for _ in self.tokens():
+        for _ in self.events():
             pass
         return self.final()
 
     def final(self) -> dict:
+        """The whole reply: text, tokens, finish reason and every metric (partial when it failed)."""
         if self.result is None:
-            self.result = final_object(self.reply, self.delays, self.totals,
-                                       self.runtime.history.window(self.wall_start, time.time()))
+            failed = self.failure is not None
+            metrics = self.reply.metrics.summary(failed=failed)
+            metrics["containers"] = self.runtime.history.window(self.wall_start, time.time())
+            self.result = {"request_id": self.reply.request_id, "text": self.reply.text,
+                           "token_ids": self.reply.token_ids,
+                           "finish_reason": "error" if failed else self.reply.finish_reason, "metrics": metrics}
         return self.result
 
     def close(self) -> None:
@@ -145,3 +158,6 @@ class ClosingStream:
         if close:
             close()
         self.run.close()
+
+
+__all__ = ["ApiError", "Run", "ClosingStream", "admit", "json_body", "Event"]

@@ -1,30 +1,111 @@
-"""Everything the root holds: model head, tokenizer, cluster, chain and stats, set up in the background."""
+"""Everything the root holds once it has started: model head, tokenizer, cluster, chain and stats.
+
+`build_runtime(settings)` returns a whole Runtime or raises with the reason; `Startup` runs it in
+the background and holds Loading, Ready (the Runtime) or Failed (the reason) for the API.
+"""
 from __future__ import annotations
 
 import itertools
 import json
 import logging
 import os
+import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import requests
 from transformers import AutoTokenizer, GenerationConfig
 
 from common.config import RootSettings
+from common.dtypes import compute_dtype_name
 from common.latency import LinkModel, links_for
 from common.model_info import synthetic_marker
-from common.placement import Device, ModelShape, Placement, PlacementError, plan
+from common.placement import Device, ModelShape, Placement, PlacementError
+from common.transport import TcpTransport, data_port, reachable_host, split_address
 
 from .chain import Chain
 from .cluster import Cluster
-from .discovery import docker_workers, fixed_workers
+from .control import ControlClient, ControlError
+from .discovery import WorkersMissing, docker_workers, fixed_workers, in_swarm, swarm_workers
+from .generation import Engine
 from .head import HeadModel
 from .model_source import resolve_model
-from .stats import DockerSampler, LocalSampler, StatsHistory
+from .planner import PlacementView, Planner
+from .prom import PromMetrics
+from .stats import DockerSampler, LocalSampler, ReportedSampler, StatsHistory
 
 log = logging.getLogger("root")
+
+
+class StartupError(RuntimeError):
+    """The root cannot serve; the message says why and what to change."""
+
+
+class PlacementRefused(PlacementError):
+    """The planned placement does not fit; carries it, so the API can show each worker's shortfall."""
+
+    def __init__(self, message: str, placement: Placement):
+        super().__init__(message)
+        self.placement = placement
+
+
+@dataclass
+class Runtime:
+    settings: RootSettings
+    model_path: Path
+    tokenizer: object
+    eos_ids: list[int]
+    head: HeadModel
+    planner: Planner
+    placement: Placement
+    cluster: Cluster
+    chain: object                 # backend.chain.Chain, or a test's fake with the same two methods
+    links: list[LinkModel]
+    history: StatsHistory
+    stats_source: str
+    slots: threading.BoundedSemaphore = None  # requests in flight (MAX_CONCURRENT)
+    active: dict = field(default_factory=dict)  # request id -> cancel flag
+    requests_started: itertools.count = field(default_factory=itertools.count)
+    prom: PromMetrics = None
+
+    def __post_init__(self):
+        self.slots = self.slots or threading.BoundedSemaphore(self.settings.max_concurrent)
+        self.prom = self.prom or PromMetrics(self.active)
+        self.engine = Engine(self.head, self.chain)
+
+    def ready(self) -> bool:
+        return self.cluster.ready()
+
+    def context_limit(self) -> int:
+        return self.planner.context_limit
+
+    def placement_view(self) -> PlacementView:
+        return PlacementView(self.planner, self.model_path, self.placement)
+
+    def describe(self) -> dict:
+        cfg = self.head.config
+        marker = synthetic_marker(self.model_path)
+        return {
+            "model": {"path": str(self.model_path), "name": self.model_path.name,
+                      "synthetic": marker is not None, "synthetic_info": marker, "dtype": self.settings.dtype,
+                      "n_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size},
+            "latency": latency_description(self.settings),
+            "threads_root": self.settings.threads,
+            "root_tensors": self.head.loaded_tensor_names,
+            "workers": self.cluster.describe(),
+            "chain": [w.name for w in self.cluster.specs],
+            "placement": self.placement.describe(),
+            "ready": self.ready(), "reason": "ready" if self.ready() else self.cluster.reason(),
+            "stats_source": self.stats_source,
+            "max_concurrent": self.settings.max_concurrent,
+        }
+
+
+def latency_description(settings: RootSettings) -> dict:
+    return {**settings.link.describe(), "seed": settings.latency_seed,
+            "overrides": {str(k): v for k, v in settings.link_overrides.items()}}
 
 
 def docker_client_or_none():
@@ -38,178 +119,130 @@ def docker_client_or_none():
         return None
 
 
-class Runtime:
-    def __init__(self, settings: RootSettings):
-        self.settings = settings
-        self.status, self.reason = "starting", "starting"
-        self.model_path: Path | None = None
-        self.head: HeadModel | None = None
-        self.tokenizer = None
-        self.eos_ids: list[int] = []
-        self.cluster: Cluster | None = None
-        self.chain: Chain | None = None
-        self.links: list[LinkModel] = []
-        self.workers: list[tuple[str, str]] = []      # (name, url) in discovery order, idle ones included
-        self.devices: list[Device] = []               # what each worker reported before placement
-        self.model_shape: ModelShape | None = None
-        self.placement: Placement | None = None
-        self.history = StatsHistory()
-        self.stats_source = "none"
-        self.requests_started = itertools.count()
-        self.slots = threading.BoundedSemaphore(settings.max_concurrent)
-        self.active: dict[str, threading.Event] = {}  # request id -> cancel flag
-        self.docker = None
-
-    # -- start-up, in a background thread so /healthz answers (503) meanwhile
-    def start(self) -> None:
-        threading.Thread(target=self._start, name="root-start", daemon=True).start()
-
-    def _start(self) -> None:
+def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lambda reason: None,
+                  docker=None) -> Runtime:
+    """Every part of the root, in order; raises StartupError or PlacementError with the reason."""
+    if settings.secret.file and settings.secret.current() is None:
+        settings.secret.ensure()  # compose: the root makes the secret its workers read
+    progress("preparing the model (a synthetic one is made on first start)")
+    model_path = resolve_model(settings)
+    progress("loading the tokenizer, embedding, final norm and LM head")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    # int8 quantizes the workers' projections; the root's embedding and LM head stay in the compute dtype.
+    head = HeadModel(model_path, compute_dtype_name(settings.dtype), gemv=settings.decode_gemv)
+    shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text()))
+    model_ctx = getattr(head.config, "max_position_embeddings", None) or settings.max_context
+    control = ControlClient(settings.secret)
+    progress("finding the workers")
+    while True:
         try:
-            self.docker = docker_client_or_none() if self.settings.stats_source != "local" else None
-            self.reason = "preparing the model (a synthetic one is made on first start)"
-            self.model_path = resolve_model(self.settings)
-            self.reason = "loading the tokenizer, embedding, final norm and LM head"
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
-            self.eos_ids = _eos_ids(self.model_path, self.tokenizer)
-            # int8 quantizes the workers' projections; the root's embedding and LM head stay float32.
-            self.head = HeadModel(self.model_path, "float32" if self.settings.dtype == "int8" else self.settings.dtype,
-                                  gemv=self.settings.decode_gemv)
-            self.model_shape = ModelShape.from_config(json.loads((self.model_path / "config.json").read_text()))
-            self.reason = "finding the workers"
-            workers = self.workers = self._find_workers()
-            self.devices = self._gather_devices(workers)
-            self.placement = self.plan()
-            problems = self.placement.shortfalls()
-            if problems and self.settings.memory_check:
-                raise PlacementError("; ".join(problems) + " (see GET /api/placement; MEMORY_CHECK=off starts anyway)")
-            for problem in problems:
-                log.warning("starting anyway (MEMORY_CHECK=off): %s", problem)
-            self.cluster = Cluster(workers, self.head.config.num_hidden_layers, str(self.model_path),
-                                   self.settings.dtype, None, placement=self.placement)
-            self.chain = Chain(self.cluster.specs, self.settings.max_frame_bytes, self.settings.hop_timeout_s)
-            self.links = links_for(len(self.cluster.specs), self.settings.link, self.settings.link_overrides)
-            self._start_stats()
-            self.cluster.start_monitor()
-            self.status, self.reason = "running", "waiting for the workers to load their slices"
-        except PlacementError as exc:  # the cluster cannot hold the model this way: say where and by how much
-            log.error("placement refused: %s", exc)
-            self.status, self.reason = "failed", f"placement refused ({self.settings.placement}, {self.settings.dtype}): {exc}"
-        except Exception as exc:  # shown by /healthz and /api/cluster: the root cannot serve
-            log.exception("start-up failed")
-            self.status, self.reason = "failed", f"start-up failed: {type(exc).__name__}: {exc}"
+            workers = find_workers(settings, docker)
+            break
+        except WorkersMissing as exc:  # swarm tasks still starting: wait, as for their reports below
+            progress(f"finding the workers: {exc}")
+            time.sleep(1)
+    devices = gather_devices(workers, control, progress)
+    planner = Planner(settings, shape, lambda: devices, min(model_ctx, settings.max_context))
+    placement = planner.plan()
+    problems = placement.shortfalls()
+    if problems and settings.memory_check:
+        raise PlacementRefused("; ".join(problems) + " (see GET /api/placement; MEMORY_CHECK=off starts anyway)",
+                               placement)
+    for problem in problems:
+        log.warning("starting anyway (MEMORY_CHECK=off): %s", problem)
+    transport = TcpTransport(settings.host, settings.max_frame_bytes, settings.secret)
+    return_address = f"{return_host(settings, workers)}:{data_port(settings.port)}"
+    swarm = docker is not None and not settings.worker_urls and in_swarm(docker)
+    # On a swarm a rescheduled task comes back at a new address: the monitor follows it.
+    cluster = Cluster(workers, placement, str(model_path), settings.dtype, return_address, control,
+                      rediscover=(lambda: swarm_workers(docker, settings.worker_port)) if swarm else None)
+    chain = Chain(cluster.specs, transport, control, return_address, settings.max_frame_bytes, settings.hop_timeout_s)
+    cluster.listeners.append(chain.follow)
+    transport.serve(data_port(settings.port), chain.arrive)
+    history = StatsHistory()
+    runtime = Runtime(settings=settings, model_path=model_path, tokenizer=tokenizer,
+                      eos_ids=eos_ids(model_path, tokenizer), head=head, planner=planner, placement=placement,
+                      cluster=cluster, chain=chain, links=links_for(len(cluster.specs), settings.link,
+                                                                    settings.link_overrides),
+                      history=history, stats_source=start_stats(settings, docker, history, cluster, swarm))
+    # The preview follows the monitor's latest reports from now on.
+    planner.devices = lambda: current_devices(devices, workers, cluster)
+    cluster.start_monitor()
+    return runtime
 
-    def _gather_devices(self, workers: list[tuple[str, str]], interval_s: float = 0.5) -> list[Device]:
-        """Each worker's threads and memory from its /healthz; waits (as long as it takes) for all."""
-        session, reports = requests.Session(), {}
-        while True:
-            for name, url in workers:
-                if name in reports:
-                    continue
-                try:
-                    health = session.get(url + "/healthz", timeout=2).json()
-                except (requests.RequestException, ValueError):
-                    continue
-                if isinstance(health, dict) and isinstance(health.get("device"), dict):
-                    reports[name] = Device.from_report(name, url, health)
-            missing = [name for name, _ in workers if name not in reports]
-            if not missing:
-                return [reports[name] for name, _ in workers]
-            self.reason = f"waiting for {', '.join(missing)} to report its threads and memory"
-            time.sleep(interval_s)
 
-    def plan(self, mode: str | None = None, dtype: str | None = None, split: list[int] | None = None,
-             order: list[str] | None = None, max_context: int | None = None,
-             max_concurrent: int | None = None) -> Placement:
-        """A placement of the model on the workers as they last reported (settings by default).
+def return_host(settings: RootSettings, workers: list[tuple[str, str]]) -> str:
+    if settings.return_host:
+        return settings.return_host
+    last_host = split_address(workers[-1][1].split("//", 1)[-1])[0]
+    return reachable_host(last_host)
 
-        Pure apart from reading those reports: GET /api/placement previews any mode with it."""
-        s = self.settings
-        mode = mode or s.placement
-        if split is None and mode == "manual" and s.layer_split:
-            split = list(s.layer_split)
-        return plan(mode, self.model_shape, self.current_devices(), dtype or s.dtype,
-                    max_context or self.context_limit(), max_concurrent or s.max_concurrent,
-                    manual=split, priority=list(order) if order is not None else list(s.placement_order))
 
-    def current_devices(self) -> list[Device]:
-        """The start-up reports, refreshed by the cluster monitor's latest ones."""
-        if self.cluster is None:
-            return self.devices
-        urls = dict(self.workers)
-        return [Device.from_report(d.name, urls[d.name], {"threads": d.threads, "device": self.cluster.devices[d.name]})
-                if self.cluster.devices.get(d.name) else d for d in self.devices]
+def find_workers(settings: RootSettings, docker) -> list[tuple[str, str]]:
+    if settings.worker_urls:
+        return fixed_workers(settings.worker_urls)
+    if docker is None:
+        raise StartupError("no WORKER_URLS and no Docker socket to discover the workers")
+    if in_swarm(docker):
+        return swarm_workers(docker, settings.worker_port)
+    workers = docker_workers(docker, settings.worker_port)
+    if not workers:
+        raise StartupError("no worker containers found in this compose project")
+    return workers
 
-    def _find_workers(self) -> list[tuple[str, str]]:
-        if self.settings.worker_urls:
-            return fixed_workers(self.settings.worker_urls)
-        if self.docker is None:
-            raise RuntimeError("no WORKER_URLS and no Docker socket to discover the workers")
-        workers = docker_workers(self.docker, self.settings.worker_port)
-        if not workers:
-            raise RuntimeError("no worker containers found in this compose project")
-        return workers
 
-    def _start_stats(self) -> None:
-        source = self.settings.stats_source
-        if self.docker is not None and source in ("auto", "docker"):
-            import socket
-            me = self.docker.containers.get(socket.gethostname())
-            project = me.labels.get("com.docker.compose.project")
-            if project:
-                DockerSampler(self.docker, project, self.history).start()
-                self.stats_source = "docker"
-                return
-        LocalSampler(self._local_processes, self.history, self.settings.stats_interval_s).start()
-        self.stats_source = "local"
+def gather_devices(workers: list[tuple[str, str]], control: ControlClient, progress: Callable[[str], None],
+                   interval_s: float = 0.5) -> list[Device]:
+    """Each worker's threads and memory from its /healthz; waits (as long as it takes) for all."""
+    reports: dict[str, Device] = {}
+    while True:
+        for name, url in workers:
+            if name in reports:
+                continue
+            try:
+                health = control.health(url)
+            except ControlError:
+                continue
+            if health.device:
+                reports[name] = Device.from_report(name, url, {"threads": health.threads, "device": health.device})
+        missing = [name for name, _ in workers if name not in reports]
+        if not missing:
+            return [reports[name] for name, _ in workers]
+        progress(f"waiting for {', '.join(missing)} to report its threads and memory")
+        time.sleep(interval_s)
 
-    def _local_processes(self) -> dict[str, tuple[int, str]]:
+
+def current_devices(devices: list[Device], workers: list[tuple[str, str]], cluster: Cluster) -> list[Device]:
+    """The start-up reports, refreshed by the cluster monitor's latest ones."""
+    urls = dict(workers)
+    return [Device.from_report(d.name, urls[d.name], {"threads": d.threads, "device": cluster.devices[d.name]})
+            if cluster.devices.get(d.name) else d for d in devices]
+
+
+def start_stats(settings: RootSettings, docker, history: StatsHistory, cluster: Cluster, swarm: bool) -> str:
+    if swarm and settings.stats_source in ("auto", "reported"):
+        # The root can ask only its own engine: every worker reports its own cgroup, wherever it runs.
+        ReportedSampler(cluster.fresh_stats, history, interval_s=settings.stats_interval_s).start()
+        return "reported"
+    if docker is not None and settings.stats_source in ("auto", "docker"):
+        me = docker.containers.get(socket.gethostname())
+        project = me.labels.get("com.docker.compose.project")
+        if project:
+            DockerSampler(docker, project, history).start()
+            return "docker"
+
+    def local_processes() -> dict[str, tuple[int, str]]:
         procs = {"root": (os.getpid(), "root")}
-        for name, s in (self.cluster.status.items() if self.cluster else []):
+        for name, s in cluster.status.items():
             if s.get("pid"):
                 procs[name] = (s["pid"], "worker")
         return procs
 
-    # -- what the API reports
-    def ready(self) -> bool:
-        return self.status == "running" and self.cluster is not None and self.cluster.ready()
-
-    def not_ready_reason(self) -> str:
-        if self.status != "running" or self.cluster is None:
-            return self.reason
-        return self.cluster.reason()
-
-    def describe(self) -> dict:
-        cfg = self.head.config if self.head else None
-        marker = synthetic_marker(self.model_path) if self.model_path else None
-        return {
-            "model": {"path": str(self.model_path) if self.model_path else None,
-                      "name": self.model_path.name if self.model_path else None,
-                      "synthetic": marker is not None, "synthetic_info": marker,
-                      "dtype": self.settings.dtype,
-                      "n_layers": cfg.num_hidden_layers if cfg else None,
-                      "hidden_size": cfg.hidden_size if cfg else None,
-                      "vocab_size": cfg.vocab_size if cfg else None},
-            "latency": {**self.settings.link.describe(), "seed": self.settings.latency_seed,
-                        "overrides": {str(k): v for k, v in self.settings.link_overrides.items()}},
-            "threads_root": self.settings.threads,
-            "root_tensors": self.head.loaded_tensor_names if self.head else [],
-            "workers": self.cluster.describe() if self.cluster else [],
-            "chain": [w.name for w in self.cluster.specs] if self.cluster else [],
-            "placement": self.placement.describe() if self.placement else None,
-            "ready": self.ready(), "reason": "ready" if self.ready() else self.not_ready_reason(),
-            "stats_source": self.stats_source,
-            "max_concurrent": self.settings.max_concurrent,
-        }
-
-    def context_limit(self) -> int:
-        if self.head is None:
-            return self.settings.max_context
-        model_ctx = getattr(self.head.config, "max_position_embeddings", None) or self.settings.max_context
-        return min(model_ctx, self.settings.max_context)
+    LocalSampler(local_processes, history, settings.stats_interval_s).start()
+    return "local"
 
 
-def _eos_ids(model_path: Path, tokenizer) -> list[int]:
+def eos_ids(model_path: Path, tokenizer) -> list[int]:
     """End-of-sequence ids as HF generate sees them: generation_config.json first, else the tokenizer's."""
     try:
         ids = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
@@ -218,3 +251,54 @@ def _eos_ids(model_path: Path, tokenizer) -> list[int]:
     if ids is None:
         ids = tokenizer.eos_token_id
     return ids if isinstance(ids, list) else ([] if ids is None else [ids])
+
+
+class Startup:
+    """The root's state for the API: loading (with a reason), ready (the Runtime), or failed."""
+
+    def __init__(self, settings: RootSettings):
+        self.settings = settings
+        self.state, self.reason = "loading", "starting"
+        self.runtime: Runtime | None = None
+        self.refused: Placement | None = None  # a placement refused at start, shown by /api/cluster
+
+    def start(self) -> "Startup":
+        threading.Thread(target=self._run, name="root-start", daemon=True).start()
+        return self
+
+    def _progress(self, reason: str) -> None:
+        self.reason = reason
+
+    def _run(self) -> None:
+        try:
+            docker = docker_client_or_none() if self.settings.stats_source != "local" else None
+            runtime = build_runtime(self.settings, self._progress, docker)
+        except PlacementError as exc:  # the cluster cannot hold the model this way: say where and by how much
+            log.error("placement refused: %s", exc)
+            self.refused = getattr(exc, "placement", None)
+            self.state = "failed"
+            self.reason = f"placement refused ({self.settings.placement}, {self.settings.dtype}): {exc}"
+            return
+        except Exception as exc:  # shown by /healthz and /api/cluster: the root cannot serve
+            log.exception("start-up failed")
+            self.state, self.reason = "failed", f"start-up failed: {type(exc).__name__}: {exc}"
+            return
+        self.runtime, self.state, self.reason = runtime, "ready", "ready"
+
+    @classmethod
+    def ready_with(cls, runtime: Runtime) -> "Startup":
+        """A start-up that is already over (tests build their Runtime themselves)."""
+        s = cls(runtime.settings)
+        s.runtime, s.state, s.reason = runtime, "ready", "ready"
+        return s
+
+    def health(self) -> tuple[str, str]:
+        """(ok | loading | degraded | failed, reason): what /healthz answers."""
+        if self.state != "ready":
+            return self.state, self.reason
+        rt = self.runtime
+        if rt.ready():
+            return "ok", "ready"
+        if rt.cluster.was_ready:
+            return "degraded", "the cluster is running but " + "; ".join(rt.cluster.not_ready())
+        return "loading", "waiting for the workers to load their slices: " + rt.cluster.reason()

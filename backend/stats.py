@@ -1,4 +1,5 @@
-"""CPU and memory of every container (Docker SDK) or local process (psutil), sampled in the background."""
+"""CPU and memory of every container (Docker SDK), local process (psutil) or swarm worker (its own
+report), sampled in the background."""
 from __future__ import annotations
 
 import logging
@@ -41,10 +42,12 @@ def cpu_limit_cores(host_config: dict) -> float | None:
 
 
 def sample_row(name: str, role: str, cpu: float, limit_cores: float | None, mem: int,
-               mem_limit: int | None, rx: int, tx: int) -> dict:
+               mem_limit: int | None, rx: int, tx: int, host: str | None = None) -> dict:
+    """host: the machine it runs on (swarm: the node's hostname); None when all share this one."""
     return {"name": name, "role": role, "cpu_percent": cpu, "cpu_limit_cores": limit_cores,
             "cpu_limit_percent": cpu / limit_cores if limit_cores else None,
-            "mem_bytes": mem, "mem_limit_bytes": mem_limit, "net_rx_bytes": rx, "net_tx_bytes": tx}
+            "mem_bytes": mem, "mem_limit_bytes": mem_limit, "net_rx_bytes": rx, "net_tx_bytes": tx,
+            "host": host}
 
 
 class StatsHistory:
@@ -154,4 +157,63 @@ class LocalSampler:
                     self._procs.pop(pid, None)
                     continue
                 self.history.add(sample_row(name, role, cpu, None, rss, None, 0, 0))
+            time.sleep(self.interval_s)
+
+
+def _number(value, field: str, integer: bool = False, optional: bool = False):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value < 0:
+        raise ValueError(f"{field} must be a non-negative {'whole ' if integer else ''}number, not {value!r}")
+    return value
+
+
+def reported_row(name: str, role: str, stats: dict) -> dict:
+    """A row from figures a container measured itself (worker.selfstats.container_stats()).
+
+    The name and role are the root's (worker-2), not the reporter's; a malformed report raises
+    ValueError rather than reaching the page."""
+    if not isinstance(stats, dict):
+        raise ValueError(f"stats of {name} must be an object, not {type(stats).__name__}")
+    host = stats.get("host")
+    return sample_row(name, role, _number(stats.get("cpu_percent"), "cpu_percent"),
+                      _number(stats.get("cpu_limit_cores"), "cpu_limit_cores", optional=True),
+                      _number(stats.get("mem_bytes"), "mem_bytes", integer=True),
+                      _number(stats.get("mem_limit_bytes"), "mem_limit_bytes", integer=True, optional=True),
+                      _number(stats.get("net_rx_bytes", 0), "net_rx_bytes", integer=True),
+                      _number(stats.get("net_tx_bytes", 0), "net_tx_bytes", integer=True),
+                      host=str(host)[:253] if host else None)
+
+
+class ReportedSampler:
+    """Swarm: the root can ask only its own engine, so each worker measures its own cgroup (the
+    "stats" of its /healthz) and the root measures its own the same way; both go into one history."""
+    source = "reported"
+
+    def __init__(self, reports, history: StatsHistory, own=None, interval_s: float = 1.0):
+        """reports(): {worker name: its latest stats dict}, only fresh ones (a worker that is down
+        reports nothing). own(): the root's own stats dict; default: its cgroup, read as workers do."""
+        self.reports, self.history, self.interval_s = reports, history, interval_s
+        if own is None:
+            from worker.selfstats import SelfStats  # the same reader as the workers', one module
+            own = SelfStats(role="root").sample
+        self.own = own
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="stats-reported", daemon=True).start()
+
+    def sample_once(self, t: float | None = None) -> None:
+        rows = [("root", "root", self.own())] + [(name, "worker", s) for name, s in sorted(self.reports().items())]
+        for name, role, stats in rows:
+            try:
+                self.history.add(reported_row(name, role, stats), t)
+            except ValueError as exc:  # one bad report must not hide the others
+                log.warning("ignoring the stats of %s: %s", name, exc)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.sample_once()
+            except Exception:  # a failed round (the root's cgroup unreadable) must not end sampling
+                log.exception("stats round failed")
             time.sleep(self.interval_s)

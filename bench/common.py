@@ -62,7 +62,7 @@ def worker_memory(cluster) -> list[dict]:
     """Per worker of a LocalCluster: its slice's weight bytes and its serving process's peak RSS."""
     out = []
     for i in range(cluster.n_workers):
-        info = requests.get(cluster.worker_url(i) + "/v1/info", timeout=10).json()
+        info = cluster.worker_info(i)
         out.append({"worker": f"worker-{i + 1}", "layers": info["layers"], "weight_bytes": info["weight_bytes"],
                     "rss_bytes": info["rss_bytes"], "peak_rss_bytes": peak_rss_bytes(info["pid"])})
     return out
@@ -102,21 +102,29 @@ def quiet_env() -> None:
 
 
 def local_runs(model: Path, workers: int, threads: int, dtype: str, prompt: str, tokens: int, repeats: int,
-               warmup: int = 1, latency_ms: str = "0,0", prefill_too: bool = False, log_dir: Path | None = None):
-    """Starts a LocalCluster, sends warm-up replies (not kept), then `repeats` measured ones.
+               warmup: int = 1, latency_ms: str = "0,0", prefill_too: bool = False, log_dir: Path | None = None,
+               repos: tuple[Path, ...] = (REPO,)):
+    """Starts a LocalCluster per checkout in `repos` (this one by default), sends warm-up replies (not
+    kept), then `repeats` measured ones, the checkouts in turn so that they share the machine's moods.
 
-    Returns (replies, memory): replies is a list of {"full": metrics, "prefill": metrics or None};
-    prefill_too adds a 1-token reply per repeat so that decode-only sums are full - prefill.
+    Returns one (replies, memory) per checkout: replies is a list of {"full": metrics, "prefill":
+    metrics or None}; prefill_too adds a 1-token reply per repeat so that decode-only sums are full - prefill.
     """
     from backend.local import LocalCluster
-    cluster = LocalCluster(str(model), workers=workers, threads=threads, latency_ms=latency_ms, dtype=dtype,
-                           log_dir=log_dir)
-    with cluster:
-        for _ in range(warmup):  # warm-up: first-touch allocations and thread pools are not the steady state
-            generate(cluster.url, prompt, tokens)
-        replies = []
+    clusters = [LocalCluster(str(model), workers=workers, threads=threads, latency_ms=latency_ms, dtype=dtype,
+                             log_dir=log_dir, repo=repo) for repo in repos]
+    try:
+        for cluster in clusters:
+            cluster.start()
+        for cluster in clusters:
+            for _ in range(warmup):  # warm-up: first-touch allocations and thread pools are not the steady state
+                generate(cluster.url, prompt, tokens)
+        replies: list[list[dict]] = [[] for _ in clusters]
         for _ in range(repeats):
-            prefill = generate(cluster.url, prompt, 1) if prefill_too else None
-            replies.append({"full": generate(cluster.url, prompt, tokens), "prefill": prefill})
-        memory = worker_memory(cluster)
-    return replies, memory
+            for cluster, kept in zip(clusters, replies):
+                prefill = generate(cluster.url, prompt, 1) if prefill_too else None
+                kept.append({"full": generate(cluster.url, prompt, tokens), "prefill": prefill})
+        return [(kept, worker_memory(cluster)) for cluster, kept in zip(clusters, replies)]
+    finally:
+        for cluster in clusters:
+            cluster.stop()

@@ -10,14 +10,16 @@ import argparse
 import gc
 import json
 import statistics
+from pathlib import Path
 
 from backend.metrics import reply_metrics
 
 from . import stats
-from .common import emit, local_runs, mmm, model_and_prompt, print_table, quiet_env
+from .common import REPO, emit, local_runs, mmm, model_and_prompt, print_table, quiet_env
 from .inproc import hf_generate_times, load_hf, measure_bandwidth_gb_s
 
 ELEM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+LOGS = REPO / "artifacts" / "bench-logs"  # each process's log, for a cluster that does not come up
 
 
 def bytes_per_token(model, dtype: str) -> int:
@@ -51,6 +53,21 @@ def decode_breakdown(replies: list[dict]) -> dict:
     return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
 
 
+def link_transport(replies: list[dict]) -> dict:
+    """Mean transport of one decode step on a forward link (root -> worker 1 -> ... -> worker N) and on
+    the return link (worker N -> root), medians over repeats; decode only (full reply minus its twin)."""
+    forward, back = [], []
+    for r in replies:
+        full, pre = r["full"], r["prefill"]
+        steps = full["completion_tokens"] - 1
+        hops = [(f["link_in"]["transport_ms"] - p["link_in"]["transport_ms"]) / steps
+                for f, p in zip(full["stages"], pre["stages"])]
+        forward.append(statistics.mean(hops))
+        back.append((full["link_out"]["transport_ms"] - pre["link_out"]["transport_ms"]) / steps)
+    fwd, ret = statistics.median(forward), statistics.median(back)
+    return {"forward_hop_ms": fwd, "return_link_ms": ret, "return_over_forward": stats.ratio(ret, fwd)}
+
+
 def summarize_workers(replies: list[dict], memory: list[dict], hf_tok_s: float | None, ceiling: float) -> dict:
     full = [r["full"] for r in replies]
     tok_s = stats.summarize([m["decode_tok_s"] for m in full])
@@ -65,6 +82,7 @@ def summarize_workers(replies: list[dict], memory: list[dict], hf_tok_s: float |
                              "decode_steps": full[0]["completion_tokens"] - 1,
                              "hops_per_step": len(full[0]["stages"]) + 1},
         "decode_step_ms": decode_breakdown(replies),
+        "link_transport_ms": link_transport(replies),
         "memory": [{**w, "budget_bytes": stats.rss_budget_bytes(w["weight_bytes"]),
                     "within_budget": w["peak_rss_bytes"] <= stats.rss_budget_bytes(w["weight_bytes"])}
                    for w in memory],
@@ -81,6 +99,12 @@ def judge(result: dict) -> dict:
         out["decode_4_workers_vs_generate"] = stats.target(w["4"]["ratio_to_generate"], 0.9)
     hops = [v["hop_transport_ms"]["p50"] for v in w.values()]
     out["hop_transport_p50_ms"] = stats.target(max(hops) if hops else None, 0.5, higher_is_better=False)
+    returns = [v["link_transport_ms"]["return_over_forward"] for v in w.values()]
+    out["return_link_within_2x_of_a_forward_hop"] = stats.target(max(returns) if returns else None, 2.0,
+                                                                 higher_is_better=False)
+    if "vs_baseline" in result:
+        ratios = [v["decode_tok_s_ratio"] for v in result["vs_baseline"].values()]
+        out["decode_vs_baseline"] = stats.target(min(ratios) if ratios else None, 1.0)
     worst = [m["peak_rss_bytes"] / m["budget_bytes"] for v in w.values() for m in v["memory"]]
     out["worker_peak_rss_over_budget"] = stats.target(max(worst) if worst else None, 1.0, higher_is_better=False)
     if result["dtype"] == "float32":
@@ -100,15 +124,22 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1, help="replies sent first and not measured")
+    ap.add_argument("--against", default="", help="another checkout of this project (e.g. a git worktree of the "
+                    "previous release): its cluster runs beside this one's, the replies in turn, as the baseline")
     args = ap.parse_args(argv)
     quiet_env()
     model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
     bandwidth_start = measure_bandwidth_gb_s(args.threads)
     hf = hf_baseline(model, args.dtype, args.threads, prompt_ids, args.tokens, args.repeats, args.warmup)
-    runs = {}
+    runs, baseline = {}, {}
+    LOGS.mkdir(parents=True, exist_ok=True)
+    repos = (REPO, Path(args.against).resolve()) if args.against else (REPO,)
     for n in [int(x) for x in args.workers.split(",")]:
-        runs[n] = local_runs(model, n, args.threads, args.dtype, prompt, args.tokens, args.repeats, args.warmup,
-                             prefill_too=True)
+        both = local_runs(model, n, args.threads, args.dtype, prompt, args.tokens, args.repeats, args.warmup,
+                          prefill_too=True, repos=repos, log_dir=LOGS)
+        runs[n] = both[0]
+        if args.against:
+            baseline[n] = both[1]
     # measured again at the end: on a shared machine the bandwidth moves; the higher figure is the ceiling
     bandwidth_end = measure_bandwidth_gb_s(args.threads)
     bandwidth = max(bandwidth_start, bandwidth_end)
@@ -121,6 +152,15 @@ def main(argv=None) -> int:
               "weight_bytes_per_token": per_token, "ceiling_tok_s": ceiling, "generate": hf,
               "workers": {str(n): summarize_workers(replies, memory, hf["decode_tok_s"]["median"], ceiling)
                           for n, (replies, memory) in runs.items()}}
+    if args.against:
+        result["against"] = str(Path(args.against).resolve())
+        result["baseline_workers"] = {str(n): summarize_workers(replies, memory, hf["decode_tok_s"]["median"], ceiling)
+                                      for n, (replies, memory) in baseline.items()}
+        result["vs_baseline"] = {n: {"decode_tok_s_ratio": stats.ratio(w["decode_tok_s"]["median"],
+                                                                        result["baseline_workers"][n]["decode_tok_s"]["median"]),
+                                     "return_link_ms": [result["baseline_workers"][n]["link_transport_ms"]["return_link_ms"],
+                                                        w["link_transport_ms"]["return_link_ms"]]}
+                                 for n, w in result["workers"].items()}
     result["targets"] = judge(result)
     report(result)
     emit(result)
@@ -144,6 +184,16 @@ def report(r: dict) -> None:
                      f"{d['root_and_other_ms']:.1f}"])
     print_table(rows, ["run", "decode tok/s", "x generate", "x ceiling", "TTFT ms", "hop p50/p90 ms",
                        "step ms", "compute", "transport", "root+other"])
+    links = [[f"{n} worker(s)", w["link_transport_ms"]["forward_hop_ms"], w["link_transport_ms"]["return_link_ms"],
+              w["link_transport_ms"]["return_over_forward"]] for n, w in r["workers"].items()]
+    for n, w in r.get("baseline_workers", {}).items():
+        links.append([f"{n} worker(s), baseline", w["link_transport_ms"]["forward_hop_ms"],
+                      w["link_transport_ms"]["return_link_ms"], w["link_transport_ms"]["return_over_forward"]])
+    print_table([[a, f"{b:.3f}", f"{c:.3f}", f"{d:.2f}"] for a, b, c, d in links],
+                ["run", "forward hop ms/step", "return link ms/step", "return / forward"])
+    for n, v in r.get("vs_baseline", {}).items():
+        print(f"{n} worker(s): decode tok/s {v['decode_tok_s_ratio']:.3f}x the baseline's "
+              f"({r['against']}); return link {v['return_link_ms'][0]:.3f} -> {v['return_link_ms'][1]:.3f} ms/step")
     mem = [[n, m["worker"], f"{m['layers'][0]}-{m['layers'][1] - 1}", m["weight_bytes"] / 1e6,
             m["peak_rss_bytes"] / 1e6, m["budget_bytes"] / 1e6, "yes" if m["within_budget"] else "NO"]
            for n, w in r["workers"].items() for m in w["memory"]]

@@ -8,7 +8,6 @@ and for decode steps (warm-up steps excluded). Then a local cluster run for tran
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import psutil
@@ -23,7 +22,7 @@ MB = 1e6
 def load_parts(model, dtype: str):
     """HeadModel and one DecoderSlice per layer, with the RSS each added to this process."""
     from backend.head import HeadModel
-    from common.split import Shard
+    from common.placement import Shard
     from worker.shard import DecoderSlice
     proc = psutil.Process()
     before = proc.memory_info().rss
@@ -114,8 +113,8 @@ def main(argv=None) -> int:
     model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
     prefill, decode, memory, own_peak = profile_in_process(model, args.dtype, args.threads, prompt_ids, args.steps,
                                                            args.warmup, tokenizer)
-    replies, workers = local_runs(model, args.workers, args.threads, args.dtype, prompt, args.steps + 1,
-                                  args.repeats, warmup=1, prefill_too=True)
+    [(replies, workers)] = local_runs(model, args.workers, args.threads, args.dtype, prompt, args.steps + 1,
+                                      args.repeats, warmup=1, prefill_too=True)
     hops = hop_table(replies)
     total_decode = sum(v["median"] for v in decode.values())
     result = {"bench": "profile", "model": model.name, "dtype": args.dtype, "threads": args.threads,

@@ -12,16 +12,14 @@ import struct
 
 import torch
 
+from .dtypes import WIRE_DTYPES
+
 MAGIC = b"DLM1"
 _PREFIX = struct.Struct("<4sI")
 MAX_HEADER_BYTES = 64 * 1024  # headers hold ids, timings and stage records: never large
 MAX_RANK = 4
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in WIRE_DTYPES}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 

@@ -21,23 +21,42 @@ import math
 import re
 from dataclasses import dataclass
 
-from . import split
-from .split import Shard
+from .dtypes import KV_BYTES, MODEL_DTYPES, WEIGHT_BYTES
 
 MODES = ("even", "manual", "threads", "memory", "fit")
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 
-# Bytes per stored weight; int8 stores the 7 projections as int8 and keeps the norms in float32.
-WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # torch's onednn and qnnpack int8 kernels (the ones this image has) keep the int8 matrix twice:
 # the quantized tensor and the kernel's packed copy (measured: RSS 261 MiB for 127 MiB of int8).
 # fbgemm (PyPI's x86 builds) keeps only the packed one: 1.
 INT8_COPIES = 2
-# The KV cache is kept in the dtype the layers compute in: int8 layers compute in float32.
-KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4}
 INT8_ROW_BYTES = 16  # per output row of a quantized projection: a float64 scale + an int64 zero point
-DTYPES = tuple(KV_BYTES)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Layers [start, end) of a model: half-open, so end - start layers."""
+    start: int
+    end: int
+
+    @property
+    def n_layers(self) -> int:
+        return self.end - self.start
+
+    def label(self) -> str:
+        return f"{self.start}-{self.end - 1}"
+
+
+def parse_counts(text: str) -> list[int]:
+    """'8,8,6' -> [8, 8, 6]."""
+    try:
+        counts = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ValueError(f"layer split {text!r} must be comma-separated whole numbers, like 8,8,6") from None
+    if not counts:
+        raise ValueError("layer split is empty")
+    return counts
 
 
 class PlacementError(ValueError):
@@ -93,7 +112,7 @@ class ModelShape:
         if dtype == "int8":
             return self.linear_params * INT8_COPIES + self.linear_rows * INT8_ROW_BYTES + self.norm_params * 4
         if dtype not in WEIGHT_BYTES:
-            raise PlacementError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+            raise PlacementError(f"dtype must be one of {MODEL_DTYPES}, not {dtype!r}")
         return (self.linear_params + self.norm_params) * WEIGHT_BYTES[dtype]
 
     def layer_kv_bytes(self, dtype: str, tokens: int) -> int:
@@ -108,7 +127,8 @@ def even_counts(n_layers: int, n_workers: int) -> list[int]:
     _check(n_layers, n_workers)
     if n_workers > n_layers:
         return [1] * n_layers + [0] * (n_workers - n_layers)
-    return split.even_counts(n_layers, n_workers)
+    base, extra = divmod(n_layers, n_workers)  # the first n_layers % n_workers take one layer more
+    return [base + (1 if i < extra else 0) for i in range(n_workers)]
 
 
 def proportional_counts(n_layers: int, weights: list[float]) -> list[int]:
@@ -292,8 +312,8 @@ def plan(mode: str, shape: ModelShape, devices: list[Device], dtype: str, max_co
          priority: list[str] | None = None) -> Placement:
     """The placement and its memory estimate per worker; raises PlacementError when none exists
     (a bad split, a model that fits nowhere in fit mode). Whether it fits: Placement.shortfalls()."""
-    if dtype not in DTYPES:
-        raise PlacementError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    if dtype not in MODEL_DTYPES:
+        raise PlacementError(f"dtype must be one of {MODEL_DTYPES}, not {dtype!r}")
     tokens = max_context * max_concurrent
     per_layer_weights = shape.layer_weight_bytes(dtype)
     per_layer_kv = shape.layer_kv_bytes(dtype, tokens)
@@ -351,45 +371,3 @@ def _check(n_layers: int, n_workers: int) -> None:
         raise PlacementError("at least one worker is needed")
     if n_layers < 1:
         raise PlacementError("the model has no layers")
-
-
-# -- reading those inputs: the only part of this module that touches the system -----------------
-
-def read_cgroup_memory(root: str = "/sys/fs/cgroup") -> tuple[int | None, int | None]:
-    """(limit, used) of this container's cgroup, v2 or v1; used leaves out reclaimable page cache
-    (as `docker stats` does). (None, None) without a limit."""
-    from pathlib import Path
-
-    base = Path(root)
-    try:
-        if (base / "memory.max").exists():  # v2
-            raw, usage, stat_key = (base / "memory.max").read_text().strip(), base / "memory.current", "inactive_file"
-            stat = base / "memory.stat"
-        elif (base / "memory" / "memory.limit_in_bytes").exists():  # v1
-            raw = (base / "memory" / "memory.limit_in_bytes").read_text().strip()
-            usage, stat, stat_key = base / "memory" / "memory.usage_in_bytes", base / "memory" / "memory.stat", "total_inactive_file"
-        else:
-            return None, None
-        limit = None if raw == "max" or int(raw) >= 1 << 60 else int(raw)  # v1 says "no limit" with ~2^63
-        if limit is None:
-            return None, None
-        used = int(usage.read_text())
-        for line in stat.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == stat_key:
-                used -= int(value)
-                break
-        return limit, max(0, used)
-    except (OSError, ValueError):
-        return None, None
-
-
-def read_host_memory(meminfo: str = "/proc/meminfo") -> tuple[int, int]:
-    """(MemTotal, MemAvailable) in bytes."""
-    values = {}
-    with open(meminfo) as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("MemTotal", "MemAvailable"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values["MemTotal"], values.get("MemAvailable", values["MemTotal"])

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .frame import DTYPES
 
 
 class WeightIndex:
@@ -54,9 +53,3 @@ def layer_prefix(index: int) -> str:
 def layer_tensor_names(all_names: list[str], start: int, end: int) -> list[str]:
     prefixes = tuple(layer_prefix(i) for i in range(start, end))
     return [n for n in all_names if n.startswith(prefixes)]
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {name!r}")
-    return DTYPES[name]

@@ -4,37 +4,33 @@ HTTP stays for control (load, health, release). A decode step's frame is a few K
 (request line, headers, WSGI, a thread-pool hand-off, the client library) cost ~1.5 ms here, against
 ~0.25 ms (framing included) for a length-prefixed message on a kept-open socket with Nagle off.
 
-Message: u32 length (little endian) | a DLM1 frame (common.frame). A worker's data port is its HTTP
-port + 1, so one address (the worker's URL) names both.
+Message: u32 length (little endian) | a DLM1 frame (common.frame). common/transport.py builds the
+cluster's transport on these and says which port is a process's data port.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import select
 import socket
 import socketserver
 import struct
 import threading
-from typing import Callable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Callable
 
 from .frame import FrameError, encode_frame
+
+if TYPE_CHECKING:
+    from .auth import SecretSource
 
 log = logging.getLogger("wire")
 _LEN = struct.Struct("<I")
 DATA_PORT_OFFSET = 1
+HELLO = b"DLMH"  # the first message of a connection when the cluster has a secret: HELLO + secret
 
 
 class PeerClosed(ConnectionError):
     """The peer closed the connection (between messages or, worse, in the middle of one)."""
-
-
-def data_address(url: str) -> tuple[str, int]:
-    """http://host:port (a worker's HTTP address) -> (host, port + 1), its data plane."""
-    parts = urlsplit(url)
-    if not parts.hostname or not parts.port:
-        raise ValueError(f"{url!r} must be http://host:port")
-    return parts.hostname, parts.port + DATA_PORT_OFFSET
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytearray:
@@ -64,15 +60,27 @@ def error_frame(status: int, message: str, **fields) -> bytes:
     return encode_frame({"error": {"status": status, "message": message, **fields}}, None)
 
 
+def hello_message(secret: bytes) -> bytes:
+    return HELLO + secret
+
+
+def hello_accepted(message: bytes, secret: bytes) -> bool:
+    """Constant-time check of a connection's first message against the cluster's secret."""
+    return message[:len(HELLO)] == HELLO and hmac.compare_digest(bytes(message[len(HELLO):]), secret)
+
+
 def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class StreamClient:
-    """One kept-open connection per calling thread to one peer's data port."""
+    """One kept-open connection per calling thread to one peer's data port.
 
-    def __init__(self, address: tuple[str, int], max_bytes: int):
-        self.address, self.max_bytes = address, max_bytes
+    With a secret, each new connection first sends HELLO + secret; the peer answers a wrong one with
+    an error frame (401) and closes, which the caller reads as the reply to its first frame."""
+
+    def __init__(self, address: tuple[str, int], max_bytes: int, secret: "SecretSource | None" = None):
+        self.address, self.max_bytes, self.secret = address, max_bytes, secret
         self._local = threading.local()
 
     def call(self, frame: bytes, timeout: float) -> bytearray:
@@ -94,6 +102,9 @@ class StreamClient:
         if sock is None:
             sock = socket.create_connection(self.address, timeout=min(timeout, 10.0))
             _tune(sock)
+            value = self.secret.current() if self.secret is not None else None
+            if value is not None:
+                write_message(sock, hello_message(value))
             self._local.sock = sock
         return sock
 
@@ -117,8 +128,8 @@ class StreamServer:
     """Serve `handle(frame) -> reply frame` on a TCP port, a thread per connection, a bounded number of them."""
 
     def __init__(self, host: str, port: int, handle: Callable[[bytearray], bytes], max_bytes: int,
-                 max_connections: int = 64):
-        self.handle, self.max_bytes = handle, max_bytes
+                 max_connections: int = 64, secret: "SecretSource | None" = None):
+        self.handle, self.max_bytes, self.secret = handle, max_bytes, secret
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
@@ -161,7 +172,27 @@ class StreamServer:
             with self._open_lock:
                 self._open.discard(sock)
 
+    def _admitted(self, sock: socket.socket) -> bool:
+        """Without a secret every peer is admitted; with one, only a peer whose first message proves it."""
+        if self.secret is None or not self.secret.configured:
+            return True
+        try:
+            first = read_message(sock, len(HELLO) + 1024)
+        except (OSError, FrameError):
+            first = b""
+        value = self.secret.current()
+        if value is not None and hello_accepted(first, value):
+            return True
+        try:
+            write_message(sock, error_frame(401, "this data port serves only its cluster: the peer did not "
+                                                 "present the cluster secret (CLUSTER_SECRET)"))
+        except OSError:
+            pass
+        return False
+
     def _exchange(self, sock: socket.socket) -> None:
+        if not self._admitted(sock):
+            return
         while True:
             try:
                 frame = read_message(sock, self.max_bytes)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import requests
+from common.health import wait_healthy
 
 from .config import RunConfig
 
@@ -31,25 +30,6 @@ def compose_env(cfg: RunConfig, web_port: int) -> dict:
     else:  # a real model must sit in ./models, mounted at /models
         env["MODEL_PATH"] = f"/models/{Path(cfg.model).name}"
     return env
-
-
-def wait_healthy(url: str, timeout_s: float, alive=lambda: None) -> None:
-    """Until /healthz answers 200; alive() may raise when the cluster has died."""
-    deadline, last = time.monotonic() + timeout_s, "no answer"
-    while time.monotonic() < deadline:
-        alive()
-        try:
-            r = requests.get(url + "/healthz", timeout=3)
-            if r.status_code == 200:
-                return
-            last = r.text[:300]
-            body = r.json() if r.headers.get("Content-Type", "").startswith("application/json") else {}
-            if body.get("status") == "failed":  # e.g. a placement refused: waiting will not help
-                raise RuntimeError(f"the cluster failed to start: {body.get('reason')}")
-        except requests.RequestException as exc:
-            last = type(exc).__name__
-        time.sleep(1)
-    raise TimeoutError(f"not healthy in {timeout_s:g} s: {last}")
 
 
 class ComposeRunner:

@@ -69,21 +69,12 @@ class ComposeCluster:
         return f"{self.project}-{service}-{number}"
 
     def wait_healthy(self, timeout_s: float) -> None:
-        import time
-
-        import requests
-        deadline, last = time.monotonic() + timeout_s, "no answer"
-        while time.monotonic() < deadline:
-            try:
-                r = requests.get(self.url + "/healthz", timeout=3)
-                if r.status_code == 200:
-                    return
-                last = r.text
-            except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(1)
-        raise TimeoutError(f"compose cluster not healthy in {timeout_s:g} s: {last}\n"
-                           + self.compose("logs", "--tail", "40", check=False).stdout)
+        from common.health import wait_healthy
+        try:
+            wait_healthy(self.url, timeout_s, interval_s=1)
+        except (TimeoutError, RuntimeError) as exc:
+            raise type(exc)(f"compose cluster not healthy: {exc}\n"
+                            + self.compose("logs", "--tail", "40", check=False).stdout) from None
 
 
 @pytest.fixture(scope="session")

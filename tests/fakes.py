@@ -1,17 +1,20 @@
-"""A fake chain of workers: the root's orchestration without HTTP or decoder layers (milliseconds)."""
+"""A fake chain of workers: the root's orchestration without sockets or decoder layers (milliseconds)."""
 from __future__ import annotations
 
 import threading
 import time
 
-import torch
-
 from backend.chain import WorkerFailure
 from backend.cluster import Cluster
+from backend.control import ControlClient
 from backend.head import HeadModel
+from backend.planner import Planner
 from backend.runtime import Runtime
+from backend.stats import StatsHistory
+from common.auth import SecretSource
 from common.config import RootSettings
-from common.latency import links_for
+from common.latency import LinkModel, links_for
+from common.placement import Device, ModelShape
 
 
 class FakeChain:
@@ -44,20 +47,27 @@ class FakeChain:
 
 
 def fake_runtime(model_dir, chain: FakeChain, **settings) -> Runtime:
-    """A Runtime wired by hand (no start-up thread): real tokenizer and head, fake chain."""
+    """A whole Runtime with a real tokenizer, head and placement around a fake chain (no start-up thread).
+
+    Its workers are marked ready as the monitor would mark them; nothing is started."""
+    import json
+
     from transformers import AutoTokenizer
 
-    rs = RootSettings(**{"stats_source": "local", **settings})
-    rt = Runtime(rs)
-    rt.model_path = model_dir
-    rt.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    rt.eos_ids = []  # never stop early: replies have exactly max_tokens tokens
-    rt.head = HeadModel(model_dir, rs.dtype)
-    workers = [(f"worker-{i + 1}", f"http://fake-{i + 1}") for i in range(chain.n_workers)]
-    rt.cluster = Cluster(workers, rt.head.config.num_hidden_layers, str(model_dir), rs.dtype, None)
-    for status in rt.cluster.status.values():
-        status["status"] = "ready"
-    rt.chain = chain
-    rt.links = links_for(chain.n_workers, rs.link, rs.link_overrides)
-    rt.status = "running"
-    return rt
+    rs = RootSettings(**{"stats_source": "local", "link": LinkModel(), "threads": 1, **settings})
+    head = HeadModel(model_dir, rs.dtype)
+    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
+    workers = [(f"worker-{i + 1}", f"http://fake-{i + 1}:5100") for i in range(chain.n_workers)]
+    devices = [Device(name, threads=1, memory_limit_bytes=8 << 30, memory_available_bytes=8 << 30)
+               for name, url in workers]
+    planner = Planner(rs, shape, lambda: devices, min(rs.max_context, head.config.max_position_embeddings))
+    placement = planner.plan()
+    cluster = Cluster(workers, placement, str(model_dir), rs.dtype, "127.0.0.1:1", ControlClient(SecretSource()))
+    for name, _ in workers:
+        cluster.status[name] = {"status": "ready", "error": None, "threads": 1, "pid": None}
+    cluster.was_ready = True
+    return Runtime(settings=rs, model_path=model_dir, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
+                   eos_ids=[],  # never stop early: replies have exactly max_tokens tokens
+                   head=head, planner=planner, placement=placement, cluster=cluster, chain=chain,
+                   links=links_for(chain.n_workers, rs.link, rs.link_overrides), history=StatsHistory(),
+                   stats_source="local")

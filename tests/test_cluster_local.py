@@ -78,7 +78,7 @@ class TestThreeWorkersWithLatency:
         info = requests.get(cluster.url + "/api/cluster").json()
         assert sorted(info["root_tensors"]) == ["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"]
         for i, w in enumerate(info["workers"]):
-            held = requests.get(cluster.worker_url(i) + "/v1/info").json()["loaded_tensors"]
+            held = cluster.worker_info(i)["loaded_tensors"]
             start, end = w["layers"]
             layers = {int(n.split(".")[2]) for n in held}
             assert layers == set(range(start, end))
@@ -87,17 +87,17 @@ class TestThreeWorkersWithLatency:
 
     def test_caches_freed_after_a_request_and_after_a_cancel(self, cluster):
         generate(cluster.url, max_tokens=3)
-        assert all(requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] == [] for i in range(3))
+        assert all(cluster.worker_info(i)["caches"] == [] for i in range(3))
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 1000,
                                                               "ignore_eos": True}, stream=True, timeout=60)
         rid = r.headers["X-Request-Id"]
         lines = r.iter_lines(decode_unicode=True)
         skip_tokens(lines, 3)
-        assert any(rid in requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] for i in range(3))
+        assert any(rid in cluster.worker_info(i)["caches"] for i in range(3))
         assert requests.post(f"{cluster.url}/api/requests/{rid}/cancel").status_code == 200
         rest = "\n".join(lines)
         assert '"finish_reason": "cancelled"' in rest
-        assert all(requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] == [] for i in range(3))
+        assert all(cluster.worker_info(i)["caches"] == [] for i in range(3))
 
     def test_client_disconnect_frees_caches(self, cluster):
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 1000,
@@ -106,10 +106,10 @@ class TestThreeWorkersWithLatency:
         r.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if all(requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] == [] for i in range(3)):
+            if all(cluster.worker_info(i)["caches"] == [] for i in range(3)):
                 break
             time.sleep(0.1)
-        assert all(requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] == [] for i in range(3))
+        assert all(cluster.worker_info(i)["caches"] == [] for i in range(3))
 
     @pytest.mark.parametrize("body,message", [
         ({}, "prompt is required"), ({"prompt": ""}, "must not be empty"),

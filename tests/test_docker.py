@@ -55,6 +55,9 @@ def test_cluster_shape_and_security(compose_cluster):
     worker = json.loads(subprocess.run(["docker", "inspect", compose_cluster.container("worker", 1)],
                                        capture_output=True, text=True, check=True).stdout)[0]
     assert not worker["HostConfig"]["PortBindings"]
+    # Not root: the image's user; the root with the socket's group (stats_source above being
+    # "docker" shows that the group lets it read the socket).
+    assert ports["Config"]["User"].startswith("app:") and worker["Config"]["User"] == "app"
     assert "/var/run/docker.sock" not in {m["Destination"] for m in worker["Mounts"]}
     assert worker["HostConfig"]["NanoCpus"] == 1_000_000_000
 
@@ -117,6 +120,51 @@ def test_stopped_worker_gives_a_clear_error_fast_and_recovers_when_started(compo
     compose_cluster.wait_healthy(120)
     r, events = stream(compose_cluster.url, max_tokens=5)
     assert events[-1][0] == "done" and events[-1][1]["metrics"]["completion_tokens"] >= 1
+
+
+# Run inside a container: SIGKILL every child of PID 1 (with `init: true`, tini is PID 1 and its one
+# child is the service's python; `docker exec` processes have no parent inside the container).
+KILL_MAIN_PROCESS = ("import os, signal\n"
+                     "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+                     "    ppid = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1]\n"
+                     "    if ppid == '1':\n"
+                     "        os.kill(int(pid), signal.SIGKILL)\n"
+                     "        print(pid)")
+
+
+def inspect(container: str) -> dict:
+    return json.loads(subprocess.run(["docker", "inspect", container], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+
+
+def test_crashed_worker_is_restarted_by_its_policy_and_gets_its_slice_again(compose_cluster):
+    """A real crash, unlike `docker stop` or `docker kill` (manual stops, which `unless-stopped`
+    respects): the worker's python dies inside its container, the container exits, Docker restarts
+    it, the root sees it down, hands the fresh process its slice, and replies work again."""
+    worker2 = compose_cluster.container("worker", 2)
+    before = inspect(worker2)
+    pid1 = subprocess.run(["docker", "exec", worker2, "cat", "/proc/1/comm"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert pid1 == "docker-init"  # init: true
+    killed = subprocess.run(["docker", "exec", worker2, "python3", "-c", KILL_MAIN_PROCESS],
+                            capture_output=True, text=True).stdout.split()
+    assert killed, "no process under PID 1 to kill"
+    seen: list[str] = []
+    deadline = time.monotonic() + 180
+    while True:
+        workers = requests.get(compose_cluster.url + "/api/cluster", timeout=5).json()["workers"]
+        status = next(w["status"] for w in workers if w["name"] == "worker-2")
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if "down" in seen and status == "ready":
+            break
+        assert time.monotonic() < deadline, f"worker-2 went {seen}, not down and back to ready"
+        time.sleep(0.2)
+    after = inspect(worker2)
+    assert after["RestartCount"] == before["RestartCount"] + 1, "the restart policy did not restart it"
+    assert after["State"]["Running"] and after["State"]["StartedAt"] != before["State"]["StartedAt"]
+    r, events = stream(compose_cluster.url, max_tokens=5)
+    assert events[-1][0] == "done" and events[-1][1]["metrics"]["completion_tokens"] >= 1, events[-1]
 
 
 def test_uneven_devices_through_compose():

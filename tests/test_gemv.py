@@ -5,7 +5,7 @@ from transformers.cache_utils import DynamicCache
 
 from common.config import RootSettings, WorkerSettings
 from common.gemv import GemvLinear, linear, use_gemv, wants_gemv
-from common.split import Shard
+from common.placement import Shard
 from worker.shard import DecoderSlice
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from backend.metrics import StageTotals, chain_step_timings, percentile, reply_metrics
+from backend.metrics import StageTotals, percentile, reply_metrics, step_timings
+from common.protocol import StageRecord
 
 
 def test_percentile_matches_linear_interpolation():
@@ -30,13 +31,13 @@ def test_single_token_reply_has_no_decode_rate():
     assert m["tpot_ms"] is None and m["decode_tok_s"] is None and m["itl_ms"]["p50"] is None
 
 
-def test_chain_step_timings_split_wire_time_per_link():
+def test_step_timings_split_wire_time_per_link():
     ms = 1_000_000
     records = [
-        {"name": "worker-1", "recv_ns": 1 * ms, "delay_ms": 10.0, "compute_ms": 5.0, "sent_ns": 17 * ms, "bytes_in": 100},
-        {"name": "worker-2", "recv_ns": 19 * ms, "delay_ms": 20.0, "compute_ms": 6.0, "sent_ns": 46 * ms, "bytes_in": 90},
+        StageRecord("worker-1", (0, 2), recv_ns=1 * ms, delay_ms=10.0, compute_ms=5.0, sent_ns=17 * ms, bytes_in=100),
+        StageRecord("worker-2", (2, 4), recv_ns=19 * ms, delay_ms=20.0, compute_ms=6.0, sent_ns=46 * ms, bytes_in=90),
     ]
-    step = chain_step_timings(0, records, 49 * ms, final_delay_ms=30.0, bytes_out=100, bytes_back=80)
+    step = step_timings(0, tuple(records), 49 * ms, final_delay_ms=30.0, bytes_out=100, bytes_back=80)
     assert [s["link_in"]["transport_ms"] for s in step["stages"]] == [1.0, 2.0]
     assert [s["link_in"]["injected_ms"] for s in step["stages"]] == [10.0, 20.0]
     assert step["link_out"] == {"injected_ms": 30.0, "transport_ms": 3.0, "bytes": 80}

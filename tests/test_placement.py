@@ -15,13 +15,15 @@ import pytest
 import requests
 
 from backend.cluster import Cluster
-from backend.local import REPO, LocalCluster, free_worker_port
+from backend.control import ControlClient
+from backend.local import REPO, LocalCluster, free_port_pair
+from common.auth import SecretSource
 from common.config import RootSettings
 from common.placement import (
     GiB, MiB, Device, ModelShape, PlacementError, even_counts, fit_counts, layer_counts, memory_report, plan,
     priority_order, proportional_counts, shards_for,
 )
-from common.split import Shard
+from common.placement import Shard
 from model_downloader.presets import PRESETS, layer_param_count, preset_config
 
 from .conftest import hf_greedy, start_cluster
@@ -241,10 +243,12 @@ def test_settings():
 
 def test_cluster_keeps_idle_workers_out_of_the_chain():
     p = plan("manual", shape_of("tiny"), devs(1, 1, 1), "float32", 64, 1, manual=[3, 0, 1])
-    workers = [(f"worker-{i}", f"http://w{i}") for i in (1, 2, 3)]
-    c = Cluster(workers, 4, "/m", "float32", None, placement=p)
+    workers = [(f"worker-{i}", f"http://w{i}:5100") for i in (1, 2, 3)]
+    c = Cluster(workers, p, "/m", "float32", "root:3002", ControlClient(SecretSource()))
     assert [(w.name, w.shard) for w in c.specs] == [("worker-1", Shard(0, 3)), ("worker-3", Shard(3, 4))]
-    assert c.assignment(0)["next_url"] == "http://w3" and c.assignment(1)["next_url"] is None
+    # the ring: worker-1 sends on to worker-3 (worker-2 is idle), the last one straight home to the root
+    assert c.assignments["worker-1"].next_address == "w3:5101"
+    assert c.assignments["worker-3"].next_address == "root:3002" and "worker-2" not in c.assignments
     described = c.describe()
     assert [(w["name"], w["layers"], w["status"], w["idle"]) for w in described] == [
         ("worker-1", [0, 3], "unknown", False), ("worker-2", None, "idle", True), ("worker-3", [3, 4], "unknown", False)]
@@ -268,11 +272,11 @@ def test_fit_idles_workers_the_chain_skips_them_and_preview(tiny_model, logs_dir
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 8, "stream": False}).json()
         assert r["token_ids"] == hf_greedy(tiny_model, ids, 8)
         assert [s["name"] for s in r["metrics"]["stages"]] == ["worker-2"]
-        assert requests.get(cluster.worker_url(0) + "/v1/info").json()["layers"] is None  # never loaded
+        assert cluster.worker_info(0)["layers"] is None  # never loaded
 
         # The preview, on a root of the same settings that asks the same workers (loading nothing)
-        client, rt = _preview_client(tiny_model, cluster, env)
-        assert [d.memory_available_bytes > 0 for d in rt.devices] == [True] * 3
+        client, devices = _preview_client(tiny_model, cluster, env)
+        assert [d.memory_available_bytes > 0 for d in devices] == [True] * 3
         preview = client.get("/api/placement").json
         assert [w["n_layers"] for w in preview["workers"]] == [0, 4, 0] and preview["fits"]
         even = client.get("/api/placement", query_string={"mode": "even", "dtype": "int8"}).json
@@ -292,34 +296,32 @@ def test_fit_idles_workers_the_chain_skips_them_and_preview(tiny_model, logs_dir
                                 ({"mode": "fit", "order": "worker-7"}, "names 'worker-7'")]:
             r = client.get("/api/placement", query_string=params)
             assert r.status_code in (400, 409) and message in r.json["error"]["message"], (params, r.json)
-        assert requests.get(cluster.worker_url(0) + "/v1/info").json()["layers"] is None  # still nothing loaded
+        assert cluster.worker_info(0)["layers"] is None  # still nothing loaded
 
 
 def _preview_client(model, cluster, env):
-    """The blueprint on a Flask app of its own, over a Runtime that has asked the cluster's workers."""
+    """The blueprint on a Flask app of its own, over a Planner that has asked the cluster's workers."""
     from flask import Flask
 
     from backend.placement_api import placement_blueprint
-    from backend.runtime import Runtime
-    settings = RootSettings.from_env({**env, "MODEL_PATH": str(model),
+    from backend.planner import PlacementView, Planner
+    from backend.runtime import find_workers, gather_devices
+    settings = RootSettings.from_env({**env, "MODEL_PATH": str(model), "CLUSTER_SECRET": cluster.secret,
                                       "WORKER_URLS": ",".join(cluster.worker_url(i) for i in range(cluster.n_workers))})
-    rt = Runtime(settings)
-    rt.model_path = model
-    rt.model_shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
-    rt.workers = rt._find_workers()
-    rt.devices = rt._gather_devices(rt.workers)
+    shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
+    devices = gather_devices(find_workers(settings, None), ControlClient(settings.secret), print)
+    view = PlacementView(Planner(settings, shape, lambda: devices, settings.max_context), model)
     app = Flask(__name__)
-    app.register_blueprint(placement_blueprint(rt))
-    return app.test_client(), rt
+    app.register_blueprint(placement_blueprint(lambda: view, lambda: "ready"))
+    return app.test_client(), devices
 
 
 def test_preview_before_the_root_knows_the_workers():
     from flask import Flask
 
     from backend.placement_api import placement_blueprint
-    from backend.runtime import Runtime
     app = Flask(__name__)
-    app.register_blueprint(placement_blueprint(Runtime(RootSettings())))
+    app.register_blueprint(placement_blueprint(lambda: None, lambda: "finding the workers"))
     r = app.test_client().get("/api/placement")
     assert r.status_code == 503 and "does not know the model" in r.json["error"]["message"]
 
@@ -366,7 +368,7 @@ def tinyllama_layers(tmp_path_factory) -> Path:
 
 
 def _worker_process(model: Path, logs_dir: Path, name: str):
-    port = free_worker_port()
+    port = free_port_pair()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOST": "127.0.0.1", "PORT": str(port), "THREADS": "1",
            "MODEL_ROOTS": str(model.parent)}
     out = open(logs_dir / f"{name}.log", "ab")
@@ -391,7 +393,7 @@ def test_estimate_matches_the_rss_of_a_real_worker(tinyllama_layers, logs_dir, d
     try:
         empty = requests.get(url + "/v1/info").json()["rss_bytes"]
         r = requests.post(url + "/v1/load", json={"name": "worker-1", "index": 0, "start": 0, "end": 3, "dtype": dtype,
-                                                  "model_path": str(tinyllama_layers), "next_url": None})
+                                                  "model_path": str(tinyllama_layers), "next_address": "127.0.0.1:9"})
         assert r.status_code == 202
         deadline = time.monotonic() + 120
         while requests.get(url + "/healthz").json()["status"] == "loading":

@@ -18,7 +18,7 @@ import torch
 
 from backend.head import HeadModel
 from common.placement import ModelShape
-from common.split import Shard
+from common.placement import Shard
 from worker.shard import DecoderSlice
 
 from .conftest import start_cluster
@@ -85,7 +85,7 @@ def test_local_cluster_serves_int8(tiny_model, logs_dir):
         assert info["model"]["dtype"] == "int8" and info["placement"]["dtype"] == "int8"
         shape = shape_of(tiny_model)
         for i, w in enumerate(info["workers"]):
-            held = requests.get(cluster.worker_url(i) + "/v1/info").json()
+            held = cluster.worker_info(i)
             assert held["dtype"] == "int8" and held["quantized_engine"]
             assert held["weight_bytes"] == 2 * shape.layer_weight_bytes("int8") == w["estimate"]["weight_bytes"]
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 24, "stream": False,

@@ -34,7 +34,7 @@ def test_hung_worker_ends_the_reply_within_the_hop_timeout(tiny_model, logs_dir)
             r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 4, "stream": False},
                               timeout=30)
             elapsed = time.monotonic() - started
-            assert r.status_code in (502, 503) and "worker-2" in r.json()["error"]["message"], r.text
+            assert r.status_code in (502, 503, 504) and "worker-2" in r.json()["error"]["message"], r.text
             assert elapsed < 2 + 3, elapsed  # the hop timeout plus start-up slack, never a hang
             wait_for(lambda: worker_status(cluster, 1) == "down", 10, "worker-2 shown down")
         finally:
@@ -85,7 +85,7 @@ def test_soak_sequential_and_concurrent(tiny_model, logs_dir):
         assert statuses == [200] * 50
         assert requests.get(cluster.url + "/metrics").text.count("dllm_active_requests 0.0") == 1
         for i in range(2):
-            assert requests.get(cluster.worker_url(i) + "/v1/info").json()["caches"] == []
+            assert cluster.worker_info(i)["caches"] == []
         time.sleep(2.5)
         after = rss()
         growth = {name: (after[name] - before[name]) / 2**20 for name in before if name in after}

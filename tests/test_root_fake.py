@@ -156,8 +156,11 @@ def test_huge_body_and_long_prompt(tiny_model):
 
 def test_not_ready_cluster_says_why(tiny_model):
     client, rt = make_client(tiny_model, FakeChain(2))
-    rt.cluster.status["worker-2"] = {"status": "down", "error": "unreachable: ConnectionError", "threads": None}
-    assert client.get("/healthz").status_code == 503
+    rt.cluster.status["worker-2"] = {"status": "down", "error": "unreachable: ConnectionError", "threads": 1}
+    health = client.get("/healthz")
+    # a running cluster with a worker down is degraded, not loading, and says so once
+    assert health.status_code == 503 and health.json["status"] == "degraded"
+    assert health.json["reason"].count("worker-2 is down") == 1 and "loading" not in health.json["reason"]
     r = client.post("/api/generate", json={"prompt": "x"})
     assert r.status_code == 503 and "worker-2 is down" in r.json["error"]["message"]
 
@@ -170,3 +173,92 @@ def test_stop_string_ends_the_reply(tiny_model):
         pytest.fail(f"the tiny model's reply {full!r} is too short to test stop strings")
     r = client.post("/api/generate", json={"prompt": "abc", "max_tokens": 8, "stream": False, "stop": stop}).json
     assert r["finish_reason"] == "stop" and stop not in r["text"] and full.startswith(r["text"])
+
+
+# -- a newcomer's view of failures (issue: failures shown as they happen) ----------------------------
+
+def test_a_failure_mid_reply_is_said_at_once_and_the_partial_reply_is_kept(tiny_model):
+    chain = FakeChain(2, fail_at_step=3)
+    client, rt = make_client(tiny_model, chain, recovery_wait_s=0.3)
+
+    class DownAfterStep3(FakeChain):  # the failure is seen by the monitor too: worker-2 never comes back
+        def forward(self, *args):
+            try:
+                return chain.forward(*args)
+            except Exception:
+                rt.cluster.status["worker-2"]["status"] = "down"
+                raise
+
+        def release(self, request_id):
+            chain.release(request_id)
+
+    rt.engine.chain = DownAfterStep3(2)
+    events = sse_events(client.post("/api/generate", json={"prompt": "x", "max_tokens": 10}).get_data(as_text=True))
+    kinds = [e for e, _ in events]
+    assert kinds == ["start", "token", "token", "token", "worker_down", "error"]
+    down = events[4][1]
+    assert down["worker"] == "worker-2" and down["wait_s"] == 0.3 and down["tokens_so_far"] == 3
+    error = events[-1][1]
+    assert error["status"] == 502 and error["worker"] == "worker-2"
+    partial = error["partial"]
+    # the tokens and metrics it had are kept, marked as failed
+    assert partial["finish_reason"] == "error" and len(partial["token_ids"]) == 3
+    assert partial["metrics"]["failed"] and partial["metrics"]["completion_tokens"] == 3
+    assert partial["metrics"]["ttft_ms"] > 0 and partial["metrics"]["recoveries"] == 0
+    assert partial["metrics"]["recovery_wait_ms"] >= 300  # the time it waited in vain is its own figure
+    assert rt.active == {} and chain.released
+    rt.cluster.status["worker-2"]["status"] = "ready"  # back for the next request, which fails the same way
+    r = client.post("/api/generate", json={"prompt": "x", "max_tokens": 10, "stream": False})
+    assert r.status_code == 502 and r.json["error"]["partial"]["metrics"]["completion_tokens"] == 3
+
+
+def test_a_recovered_reply_says_so_and_its_wait_is_its_own_figure(tiny_model):
+    chain = FakeChain(2, fail_at_step=3, fail_times=1)
+    client, rt = make_client(tiny_model, chain, recovery_wait_s=0.5)
+    events = sse_events(client.post("/api/generate", json={"prompt": "abc", "max_tokens": 6}).get_data(as_text=True))
+    kinds = [e for e, _ in events]
+    assert kinds == ["start"] + ["token"] * 3 + ["worker_down", "recovered"] + ["token"] * 3 + ["done"]
+    recovered = events[5][1]
+    m = events[-1][1]["metrics"]
+    assert recovered["worker"] == "worker-2" and recovered["recoveries"] == 1
+    assert recovered["replayed_tokens"] == m["prompt_tokens"] + 3
+    assert m["recoveries"] == 1 and m["recovery_wait_ms"] == pytest.approx(recovered["waited_ms"])
+    assert m["recovery_wait_ms"] >= 300  # the monitor's first look (min(1 s, wait)) at least
+    # "root and the rest" is computed by the server and leaves the wait out
+    accounted = m["compute_ms"] + m["transport_ms"] + m["injected_latency_ms"] + m["recovery_wait_ms"]
+    # (the fake's timings are made up, so what is left may be clamped at 0)
+    assert m["root_other_ms"] == pytest.approx(max(0.0, m["ttlt_ms"] - accounted), abs=1e-6)
+
+
+def test_tokenize_counts_the_prompt_before_sending(tiny_model):
+    client, rt = make_client(tiny_model, FakeChain(1))
+    r = client.post("/api/tokenize", json={"prompt": "the lazy dog"})
+    assert r.status_code == 200 and r.json["prompt_tokens"] == len(rt.tokenizer("the lazy dog").input_ids)
+    for body, message in [({"prompt": 3}, "tokenize needs"), ({"prompt": "x", "chat": "yes"}, "chat must be")]:
+        r = client.post("/api/tokenize", json=body)
+        assert r.status_code == 400 and message in r.json["error"]["message"]
+
+
+def test_openai_prompt_lists_and_roles_are_checked(tiny_model):
+    client, _ = make_client(tiny_model, FakeChain(1))
+    one = client.post("/v1/completions", json={"prompt": ["abc"], "max_tokens": 2})
+    assert one.status_code == 200 and one.json["usage"]["completion_tokens"] == 2
+    many = client.post("/v1/completions", json={"prompt": ["abc", "def"], "max_tokens": 2})
+    assert many.status_code == 400 and "limited to 1 prompt" in many.json["error"]["message"]
+    ids = client.post("/v1/completions", json={"prompt": [[1, 2, 3]], "max_tokens": 2})
+    assert ids.status_code == 400 and "token-id prompts" in ids.json["error"]["message"]
+    bad = client.post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "hi"}]})
+    assert bad.status_code == 400 and "'wizard' is not one of system, developer, user, assistant" in bad.json["error"]["message"]
+
+
+def test_both_apis_map_a_timeout_to_the_same_status(tiny_model):
+    from backend.chain import WorkerFailure
+
+    class SlowChain(FakeChain):
+        def forward(self, *args):
+            raise WorkerFailure("worker-1 (http://fake) did not answer within 5 s", "worker-1", 504)
+
+    client, _ = make_client(tiny_model, SlowChain(1))
+    native = client.post("/api/generate", json={"prompt": "x", "max_tokens": 2, "stream": False})
+    openai = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert native.status_code == openai.status_code == 504

@@ -88,7 +88,7 @@ def test_compose_env_reshapes_the_cluster_through_its_variables():
 def test_waiting_for_health_stops_at_once_when_the_cluster_failed(monkeypatch):
     import time
 
-    from experiments import runners
+    from common import health
 
     class Failed:
         status_code, headers, text = 503, {"Content-Type": "application/json"}, "failed"
@@ -96,10 +96,10 @@ def test_waiting_for_health_stops_at_once_when_the_cluster_failed(monkeypatch):
         @staticmethod
         def json():
             return {"status": "failed", "reason": "placement refused: worker-1 is short by 1.05 GiB"}
-    monkeypatch.setattr(runners.requests, "get", lambda *a, **k: Failed())
+    monkeypatch.setattr(health.requests, "get", lambda *a, **k: Failed())
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="short by 1.05 GiB"):
-        runners.wait_healthy("http://x", timeout_s=600)
+        health.wait_healthy("http://x", timeout_s=600)
     assert time.monotonic() - started < 60  # not the 600 s timeout
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from common.frame import FrameError, decode_frame, encode_frame
-from common.wire import PeerClosed, StreamClient, StreamServer, data_address, error_frame, read_message
+from common.transport import data_address
+from common.wire import PeerClosed, StreamClient, StreamServer, error_frame, read_message
 
 LIMIT = 1 << 16
 
@@ -30,7 +31,7 @@ def server():
 
 
 def test_data_address_is_the_http_port_plus_one():
-    assert data_address("http://worker-2:5100") == ("worker-2", 5101)
+    assert data_address("http://worker-2:5100") == "worker-2:5101"
     with pytest.raises(ValueError):
         data_address("http://no-port")
 

@@ -16,7 +16,7 @@ def worker(tiny_model):
     app = create_app(settings)
     client = app.test_client()
     r = client.post("/v1/load", json={"name": "worker-1", "index": 0, "start": 1, "end": 3, "dtype": "float32",
-                                      "model_path": str(tiny_model), "next_url": None})
+                                      "model_path": str(tiny_model), "next_address": "127.0.0.1:9"})
     assert r.status_code == 202
     for _ in range(200):
         if client.get("/healthz").status_code == 200:
@@ -95,7 +95,7 @@ def test_cache_slots_are_bounded(worker, tiny_model):
 
 def test_load_outside_model_roots_is_refused(worker):
     r = worker.post("/v1/load", json={"name": "w", "index": 0, "start": 0, "end": 1, "dtype": "float32",
-                                      "model_path": "/etc", "next_url": None})
+                                      "model_path": "/etc", "next_address": "127.0.0.1:9"})
     assert r.status_code == 400 and "outside the allowed folders" in r.json["error"]["message"]
     r = worker.post("/v1/load", json={"name": "w"})
     assert r.status_code == 400

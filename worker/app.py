@@ -1,9 +1,14 @@
-"""A worker service: holds one slice of decoder layers and passes hidden states down the chain."""
+"""A worker service: holds one slice of decoder layers and passes hidden states on around the ring.
+
+Control is HTTP (load, health, release, info); hidden states arrive on the data port (transport).
+A step: receive (StepHeader + hidden) -> sleep the incoming link's delay -> compute -> send the output
+with this worker's StageRecord to the next hop (the next worker, or the root for the last one) ->
+answer the sender with an Ack, or with a StepError naming who failed.
+"""
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -13,67 +18,41 @@ import torch
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from common.auth import HEADER as SECRET_HEADER
 from common.config import WorkerSettings
+from common.device import read_cgroup_memory, read_cgroup_quota, read_host_memory
 from common.errors import error_response
-from common.cpu import read_cgroup_quota
-from common.latency import sleep_exactly
 from common.frame import FrameError, decode_frame, encode_frame
-from common.wire import DATA_PORT_OFFSET, StreamClient, StreamServer, data_address, error_frame
-from common.placement import memory_report, read_cgroup_memory, read_host_memory
-from common.split import Shard
+from common.latency import sleep_exactly
+from common.placement import memory_report
+from common.protocol import (REQUEST_ID, Ack, LoadAssignment, ProtocolError, StageRecord, StepError, StepHeader,
+                             WorkerHealth, reply_from_dict)
+from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
 from .quantize import quantized_engine
 from .shard import DecoderSlice
 
 log = logging.getLogger("worker")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAX_DELAY_MS = 600_000.0
 
 
-class Assignment:
-    """What the root asked this worker to be: its place in the chain and its slice."""
-
-    def __init__(self, body: dict, settings: WorkerSettings):
-        try:
-            self.name = str(body["name"])[:64]
-            self.index = int(body["index"])
-            self.shard = Shard(int(body["start"]), int(body["end"]))
-            self.dtype = str(body["dtype"])
-            self.model_path = str(Path(body["model_path"]).resolve())
-            next_url = body.get("next_url")
-            self.next_url = str(next_url).rstrip("/") if next_url else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"load needs name, index, start, end, dtype, model_path: {exc}") from None
-        if not any(self.model_path == r or self.model_path.startswith(r + "/") for r in settings.model_roots):
-            raise ValueError(f"model path {self.model_path} is outside the allowed folders {list(settings.model_roots)}")
-        if self.next_url and not re.match(r"^https?://[A-Za-z0-9._-]+(:\d+)?$", self.next_url):
-            raise ValueError(f"next_url {self.next_url!r} must be http://host:port")
-
-    def describe(self) -> dict:
-        return {"name": self.name, "index": self.index, "start": self.shard.start, "end": self.shard.end,
-                "dtype": self.dtype, "model_path": self.model_path, "next_url": self.next_url}
+def check_model_path(assignment: LoadAssignment, roots: tuple[str, ...]) -> None:
+    path = str(Path(assignment.model_path).resolve())
+    if not any(path == r or path.startswith(r + "/") for r in roots):
+        raise ValueError(f"model path {path} is outside the allowed folders {list(roots)}")
 
 
 class WorkerState:
-    def __init__(self, settings: WorkerSettings):
-        self.settings = settings
+    def __init__(self, settings: WorkerSettings, transport: Transport):
+        self.settings, self.transport = settings, transport
         self.caches = KVCacheStore(settings.max_caches, settings.cache_ttl_s)
-        self.assignment: Assignment | None = None
+        self.assignment: LoadAssignment | None = None
         self.slice: DecoderSlice | None = None
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
         self.load_lock = threading.Lock()
-        self._clients: dict[str, StreamClient] = {}
 
-    def next_client(self, next_url: str) -> StreamClient:
-        """The data-plane client to the next worker (kept per address: a reload may change it)."""
-        client = self._clients.get(next_url)
-        if client is None:
-            client = self._clients[next_url] = StreamClient(data_address(next_url), self.settings.max_frame_bytes)
-        return client
-
-    def load(self, assignment: Assignment) -> None:
+    def load(self, assignment: LoadAssignment) -> None:
         with self.load_lock:
             self.status, self.error, self.assignment = "loading", None, assignment
             try:
@@ -89,6 +68,24 @@ class WorkerState:
                 log.exception("load failed")
                 self.status, self.error = "error", f"{type(exc).__name__}: {exc}"
 
+    def health(self) -> WorkerHealth:
+        return WorkerHealth(status=self.status, error=self.error, threads=self.settings.threads, pid=os.getpid(),
+                            assignment=self.assignment, device=device_report(self.settings, self),
+                            stats=_own_stats())
+
+
+def _own_stats() -> dict | None:
+    """This container's CPU and memory as `docker stats` computes them, for roots on other hosts."""
+    try:
+        from .selfstats import container_stats
+    except ImportError:
+        return None
+    try:
+        return container_stats()
+    except Exception:  # stats are a convenience: never fail a health check over them
+        log.debug("own stats unavailable", exc_info=True)
+        return None
+
 
 def device_report(settings: WorkerSettings, state: WorkerState) -> dict:
     """What placement needs to know about this "device": its CPU share and its memory."""
@@ -103,13 +100,24 @@ def device_report(settings: WorkerSettings, state: WorkerState) -> dict:
             "held_weight_bytes": held, **memory}
 
 
-def create_app(settings: WorkerSettings | None = None) -> Flask:
+def create_app(settings: WorkerSettings | None = None, transport: Transport | None = None) -> Flask:
     settings = settings or WorkerSettings.from_env()
+    transport = transport or TcpTransport(settings.host, settings.max_frame_bytes, settings.secret)
     torch.set_num_threads(settings.threads)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_frame_bytes
-    state = WorkerState(settings)
+    state = WorkerState(settings, transport)
     app.extensions["worker_state"] = state
+
+    def authorised() -> bool:
+        return settings.secret.accepts(request.headers.get(SECRET_HEADER))
+
+    @app.before_request
+    def only_the_cluster():
+        # /healthz answers everyone, but says no more than "ready or not" to a peer without the secret.
+        if request.path != "/healthz" and not authorised():
+            return error_response(401, f"this worker serves only its cluster: send the cluster secret in {SECRET_HEADER}")
+        return None
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):
@@ -117,12 +125,10 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        a = state.assignment
-        body = {"status": state.status, "error": state.error, "threads": settings.threads, "pid": os.getpid(),
-                "name": a.name if a else None, "layers": [a.shard.start, a.shard.end] if a else None,
-                "assignment": a.describe() if a else None, "device": device_report(settings, state),
-                "data_port": settings.port + DATA_PORT_OFFSET}
-        return jsonify(body), 200 if state.status == "ready" else 503
+        code = 200 if state.status == "ready" else 503
+        if not authorised():
+            return jsonify({"status": state.status}), code
+        return jsonify(state.health().to_dict() | {"data_port": data_port(settings.port)}), code
 
     @app.post("/v1/load")
     def load():
@@ -130,10 +136,14 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         if not isinstance(body, dict):
             return error_response(400, "load needs a JSON object")
         try:
-            assignment = Assignment(body, settings)
+            assignment = LoadAssignment.from_dict(body)
+            check_model_path(assignment, settings.model_roots)
         except ValueError as exc:
             return error_response(400, str(exc))
-        if state.assignment and state.assignment.describe() == assignment.describe() and state.status in ("ready", "loading"):
+        if state.assignment == assignment and state.status in ("ready", "loading"):
+            return jsonify({"status": state.status}), 200
+        if state.status == "ready" and state.assignment is not None and state.assignment.holds_same(assignment):
+            state.assignment = assignment  # only the next hop moved (a rescheduled task): no reload
             return jsonify({"status": state.status}), 200
         threading.Thread(target=state.load, args=(assignment,), daemon=True).start()
         return jsonify({"status": "loading"}), 202
@@ -164,108 +174,92 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/v1/forward")
     def forward():
-        # The HTTP door to the same step the data plane serves (curl, tests, tools).
+        # The HTTP door to this worker's part of a step (curl, tests, tools): the output comes back
+        # to the caller with this worker's record instead of going on around the ring.
         try:
-            return _frame_bytes(forward_step(state, request.get_data(cache=False), time.time_ns()))
-        except ForwardError as exc:
-            return error_response(exc.status, exc.message, **exc.fields)
+            header, out = compute_step(state, request.get_data(cache=False), time.time_ns())
+        except StepFailed as exc:
+            return error_response(exc.error.status, exc.error.message,
+                                  **{k: v for k, v in exc.error.to_dict()["error"].items() if k not in ("status", "message")})
+        return encode_frame(header.to_dict(), out), 200, {"Content-Type": "application/octet-stream"}
 
     return app
 
 
-class ForwardError(Exception):
-    """A step that cannot be done: HTTP status, message, and fields for the root (worker, failed_next)."""
+class StepFailed(Exception):
+    """A step that cannot be done; carries the StepError to answer with."""
 
-    def __init__(self, status: int, message: str, **fields):
-        super().__init__(message)
-        self.status, self.message, self.fields = status, message, fields
-
-    def frame(self) -> bytes:
-        return error_frame(self.status, self.message, **self.fields)
+    def __init__(self, error: StepError):
+        super().__init__(error.message)
+        self.error = error
 
 
-def forward_step(state: WorkerState, data: bytes, recv_ns: int) -> bytes:
-    """One frame in, through this slice and the rest of the chain, one reply frame (all stages) out."""
+def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHeader, torch.Tensor]:
+    """One frame in, through this slice: (the header with this worker's record added, the output)."""
     settings = state.settings
-    if state.status != "ready" or state.slice is None or state.assignment is None:
-        raise ForwardError(503, f"worker is {state.status}, not ready", worker=_name(state))
     a, sl = state.assignment, state.slice
+    if state.status != "ready" or sl is None or a is None:
+        raise StepFailed(StepError(503, f"worker is {state.status}, not ready", worker=a.name if a else None))
     try:
-        header, hidden = decode_frame(data, settings.max_frame_bytes)
-        rid, start_pos, delays = _check_header(header, hidden, sl.hidden_size, a.index)
-    except FrameError as exc:
-        raise ForwardError(400, f"bad frame: {exc}", worker=a.name) from None
-    delay_ms = delays[a.index]
+        raw, hidden = decode_frame(data, settings.max_frame_bytes)
+        header = StepHeader.from_dict(raw)
+        _check_step(header, hidden, sl.hidden_size, a.index)
+    except (FrameError, ProtocolError) as exc:
+        raise StepFailed(StepError(400, f"bad frame: {exc}", worker=a.name)) from None
+    delay_ms = header.delays_ms[a.index]
     if delay_ms > 0:
         sleep_exactly(delay_ms / 1e3)  # the incoming link's injected latency
     with state.compute_lock:
         started = time.perf_counter()
         try:
-            cache = state.caches.get_or_create(rid, start_pos)
-            out = sl.forward(hidden, cache, start_pos)
+            cache = state.caches.get_or_create(header.request_id, header.start_pos)
+            out = sl.forward(hidden, cache, header.start_pos)
         except CacheFull as exc:
-            raise ForwardError(429, str(exc), worker=a.name) from None
+            raise StepFailed(StepError(429, str(exc), worker=a.name)) from None
         except (KeyError, ValueError) as exc:
-            raise ForwardError(409, str(exc).strip("'\""), worker=a.name) from None
+            raise StepFailed(StepError(409, str(exc).strip("'\""), worker=a.name)) from None
         compute_ms = (time.perf_counter() - started) * 1e3
-    record = {"name": a.name, "layers": [a.shard.start, a.shard.end], "recv_ns": recv_ns,
-              "delay_ms": delay_ms, "compute_ms": compute_ms, "bytes_in": len(data)}
-    if a.next_url is None:
-        record["sent_ns"] = time.time_ns()
-        return encode_frame({"stages": [record]}, out)
-    body = encode_frame({"request_id": rid, "start_pos": start_pos, "delays_ms": delays}, out)
-    client = state.next_client(a.next_url)
-    record["sent_ns"] = time.time_ns()
+    record = StageRecord(name=a.name, layers=(a.shard.start, a.shard.end), recv_ns=recv_ns, sent_ns=time.time_ns(),
+                         delay_ms=delay_ms, compute_ms=compute_ms, bytes_in=len(data))
+    return header.passed(record), out
+
+
+def ring_step(state: WorkerState, data: bytes, recv_ns: int) -> bytes:
+    """The data plane's step: compute, pass the output on to the next hop, answer the sender."""
     try:
-        reply = client.call(body, settings.hop_timeout_s)
+        header, out = compute_step(state, data, recv_ns)
+    except StepFailed as exc:
+        return encode_frame(exc.error.to_dict(), None)
+    a, settings = state.assignment, state.settings
+    # The rest of the ring sleeps its links' delays before this call is answered.
+    timeout = settings.hop_timeout_s + sum(header.delays_ms[a.index + 1:]) / 1e3
+    frame = encode_frame(header.to_dict(), out)
+    try:
+        reply = state.transport.peer(a.next_address).call(frame, timeout)
     except TimeoutError:
-        raise ForwardError(504, f"{a.name}: the next worker ({a.next_url}) did not answer within "
-                                f"{settings.hop_timeout_s:g} s", worker=a.name, failed_next=a.next_url) from None
+        return _error(504, f"{a.name}: the next hop ({a.next_address}) did not answer within {timeout:g} s", a)
     except (OSError, FrameError) as exc:
-        raise ForwardError(502, f"{a.name}: cannot reach the next worker ({a.next_url}): {type(exc).__name__}",
-                           worker=a.name, failed_next=a.next_url) from None
+        return _error(502, f"{a.name}: cannot reach the next hop ({a.next_address}): {type(exc).__name__}", a)
     try:
-        down_header, down_hidden = decode_frame(reply, settings.max_frame_bytes)
-        err = down_header.get("error")
-        if isinstance(err, dict):  # a failure further down: pass it up as it is
-            raise ForwardError(int(err.get("status", 502)), str(err.get("message")),
-                               **{k: v for k, v in err.items() if k in ("worker", "failed_next")})
-        stages = down_header.get("stages")
-        if not isinstance(stages, list):
-            raise FrameError("reply has no stages")
-    except (FrameError, TypeError, ValueError) as exc:
-        raise ForwardError(502, f"{a.name}: the next worker sent a bad frame: {exc}", worker=a.name) from None
-    return encode_frame({"stages": [record] + stages}, down_hidden)
+        answer = reply_from_dict(decode_frame(reply, settings.max_frame_bytes)[0])
+    except (FrameError, ProtocolError) as exc:
+        return encode_frame(StepError(502, f"{a.name}: the next hop sent a bad answer: {exc}", worker=a.name).to_dict(), None)
+    if isinstance(answer, StepError):
+        return encode_frame(answer.to_dict(), None)  # a failure further on: passed back as it is
+    return encode_frame(Ack().to_dict(), None)
 
 
-def serve_data_plane(state: WorkerState, host: str, port: int) -> StreamServer:
-    """The worker's data port: frames from the previous stage, replies back on the same connection."""
-    def handle(frame: bytearray) -> bytes:
-        recv_ns = time.time_ns()
-        try:
-            return forward_step(state, frame, recv_ns)
-        except ForwardError as exc:
-            return exc.frame()
-    return StreamServer(host, port, handle, state.settings.max_frame_bytes).start()
+def _error(status: int, message: str, a: LoadAssignment) -> bytes:
+    return encode_frame(StepError(status, message, worker=a.name, failed_next=a.next_address).to_dict(), None)
 
 
-def _name(state: WorkerState) -> str | None:
-    return state.assignment.name if state.assignment else None
+def serve_data_plane(state: WorkerState, port: int):
+    """The worker's data port: frames from the previous hop, answered once passed on."""
+    return state.transport.serve(port, lambda frame: ring_step(state, frame, time.time_ns()))
 
 
-def _check_header(header: dict, hidden, hidden_size: int, index: int) -> tuple[str, int, list[float]]:
-    rid, start_pos, delays = header.get("request_id"), header.get("start_pos"), header.get("delays_ms")
-    if not isinstance(rid, str) or not REQUEST_ID.match(rid):
-        raise FrameError("request_id must be 1-64 letters, digits, '-' or '_'")
-    if not isinstance(start_pos, int) or isinstance(start_pos, bool) or not 0 <= start_pos < 2**31:
-        raise FrameError("start_pos must be a non-negative integer")
-    if (not isinstance(delays, list) or len(delays) <= index or len(delays) > 4096
-            or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= MAX_DELAY_MS for d in delays)):
-        raise FrameError(f"delays_ms must be a list of at least {index + 1} delays in [0, {MAX_DELAY_MS:g}] ms")
+def _check_step(header: StepHeader, hidden, hidden_size: int, index: int) -> None:
+    if len(header.delays_ms) <= index:
+        raise FrameError(f"delays_ms must be a list of at least {index + 1} delays")
     if hidden is None or hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[2] != hidden_size:
         raise FrameError(f"hidden states must have shape (1, T, {hidden_size})")
-    return rid, start_pos, [float(d) for d in delays]
-
-
-def _frame_bytes(frame: bytes):
-    return frame, 200, {"Content-Type": "application/octet-stream"}

@@ -16,18 +16,11 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 
 from common.gemv import use_gemv
 from common.model_info import load_config
-from common.split import Shard
-from common.weights import WeightIndex, layer_prefix, layer_tensor_names, torch_dtype
+from common.placement import Shard
+from common.dtypes import QUANTIZED, torch_dtype
+from common.weights import WeightIndex, layer_prefix, layer_tensor_names
 
 from .quantize import quantize_int8, quantized_weight_bytes
-
-QUANTIZED = ("int8",)
-
-
-def compute_dtype(dtype_name: str) -> torch.dtype:
-    """The dtype the layers compute (and cache) in: float32 for int8 weights."""
-    return torch.float32 if dtype_name in QUANTIZED else torch_dtype(dtype_name)
-
 
 def release_freed_memory() -> None:
     """Hands the loader's freed copies (dtype casts, float32 layers before int8) back to the system:
@@ -48,7 +41,7 @@ class DecoderSlice:
         n_layers = self.config.num_hidden_layers
         if not 0 <= shard.start < shard.end <= n_layers:
             raise ValueError(f"layers [{shard.start}, {shard.end}) are outside the model's 0..{n_layers}")
-        dtype = compute_dtype(dtype_name)
+        dtype = torch_dtype(dtype_name)
         index = WeightIndex(model_dir)
         all_names = index.names()
         self.loaded_tensor_names: list[str] = []

@@ -1,8 +1,10 @@
 """Page-driving helpers shared by the browser tests, against any base URL (local or compose cluster).
 
 They read the page only through its stable ids and data attributes:
-#prompt #max-tokens #send #stop #reply[data-state] #metrics [data-metric] #timeline [data-stage]
-#cluster [data-node] #stats-samples #error #history #export-csv #export-json #synthetic-banner.
+#prompt #prompt-tokens[data-tokens] #max-tokens #send #stop #reply[data-state][data-tokens]
+#reply-notice[data-kind] #metrics [data-metric] #timeline [data-stage] #link-table [data-link]
+#cluster [data-node] #stats-samples #error #history #history-chart .tick[data-axis] #stat-view
+#export-csv #export-json #synthetic-banner.
 """
 import csv
 import io
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
+HISTORY_KEY = "ddllm.history.v1"  # the page's sessionStorage key (frontend/js/history.js)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts"
 
@@ -169,3 +172,53 @@ def screenshot(page: Page, name: str = "page.png") -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def seed_history(page: Page, records: list[dict]) -> None:
+    """Store `records` as the tab's saved runs before the page's scripts run (call before open_page)."""
+    key, value = json.dumps(HISTORY_KEY), json.dumps(json.dumps(records))
+    page.add_init_script(f"if (!sessionStorage.getItem({key})) sessionStorage.setItem({key}, {value});")
+
+
+def tick_labels(page: Page, chart: str, axis: str = "y") -> list[dict]:
+    """[{text, value, left, right, top, bottom}] of a chart's tick labels, with the box of its canvas
+    as chart_* keys (page coordinates)."""
+    return page.evaluate(
+        """([chart, axis]) => {
+             const wrap = document.querySelector(chart);
+             const c = wrap.querySelector('canvas').getBoundingClientRect();
+             return [...wrap.querySelectorAll(`.tick[data-axis="${axis}"]`)].map((t) => {
+               const b = t.getBoundingClientRect();
+               return {text: t.textContent, value: t.dataset.value === undefined ? null : Number(t.dataset.value),
+                       left: b.left, right: b.right, top: b.top, bottom: b.bottom,
+                       scroll_width: t.scrollWidth, client_width: t.clientWidth,
+                       chart_left: c.left, chart_right: c.right, chart_top: c.top, chart_bottom: c.bottom};
+             });
+           }""",
+        [chart, axis],
+    )
+
+
+def watch_notice(page: Page) -> None:
+    """Start logging every [data-kind, text] #reply-notice shows."""
+    page.evaluate(
+        """() => {
+             const box = document.querySelector('#reply-notice');
+             window.__noticeLog = [];
+             const log = () => { if (!box.hidden) window.__noticeLog.push([box.dataset.kind, box.textContent,
+                                                                            box.dataset.remainingS ?? null]); };
+             new MutationObserver(log).observe(box, {childList: true, characterData: true, subtree: true, attributes: true});
+           }"""
+    )
+
+
+def notice_log(page: Page) -> list:
+    return page.evaluate("() => window.__noticeLog")
+
+
+def history_cells(page: Page) -> list[dict]:
+    """[{column key: cell text}] per row of the history table."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('#history tbody tr')].map((tr) => Object.fromEntries(
+             [...tr.querySelectorAll('td')].map((td) => [td.dataset.col, td.textContent])))"""
+    )
