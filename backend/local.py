@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import secrets
 import signal
 import socket
@@ -27,14 +28,23 @@ REPO = Path(__file__).resolve().parent.parent
 _handed_out: set[int] = set()  # ports given to a process of this one: free now, but not twice
 
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port the kernel hands out itself can
+# be taken by any outgoing connection between this check and the server's bind (seen on a busy machine).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    for _ in range(100):
+    for _ in range(1000):
+        port = random.randrange(*PORT_RANGE)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     raise RuntimeError("found no free port")
 
 

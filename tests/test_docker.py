@@ -58,6 +58,12 @@ def test_cluster_shape_and_security(compose_cluster):
     # Not root: the image's user; the root with the socket's group (stats_source above being
     # "docker" shows that the group lets it read the socket).
     assert ports["Config"]["User"].startswith("app:") and worker["Config"]["User"] == "app"
+    # The runtime image carries no wheel and no test tool: wheels/ is only bind-mounted while pip runs.
+    code = ("import glob, importlib.util, json; print(json.dumps("
+            "[p for d in ('/tmp', '/opt', '/app', '/home') for p in glob.glob(d + '/**/*.whl', recursive=True)]"
+            " + [m for m in ('pytest', 'playwright') if importlib.util.find_spec(m)]))")
+    leftovers = compose_cluster.compose("exec", "-T", "root", "python3", "-c", code).stdout
+    assert json.loads(leftovers.strip().splitlines()[-1]) == []
     assert "/var/run/docker.sock" not in {m["Destination"] for m in worker["Mounts"]}
     assert worker["HostConfig"]["NanoCpus"] == 1_000_000_000
 

@@ -7,6 +7,7 @@ The swarm is left, the stack, secret and volume removed, whatever happens.
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -94,9 +95,9 @@ def swarm():
         run("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
         node = run("docker", "node", "ls", "-q").stdout.split()[0]
         run("docker", "node", "update", "--label-add", "device=rpi5", node)
-        run("docker", "secret", "create", "cluster_secret", "-", input=secret)
+        run("docker", "secret", "create", "cluster_secret", "-", input=secret)  # the README pipes openssl's
         deploy = next(line for line in readme_block("Deploy the stack") if "docker stack deploy" in line)
-        run(*deploy.split())
+        run(*shlex.split(deploy, comments=True))  # the README's own command; settings come from ENV
         cluster = Swarm(secret)
         cluster.wait_healthy(600)
         yield cluster
@@ -111,7 +112,8 @@ def swarm():
             time.sleep(1)
         run("docker", "secret", "rm", "cluster_secret", check=False)
         run("docker", "swarm", "leave", "--force", check=False)
-        run("docker", "volume", "rm", f"{STACK}_synthetic", check=False)
+        for volume in ("synthetic", "cluster-secret"):  # the stack's named volumes (docker-compose.yml)
+            run("docker", "volume", "rm", f"{STACK}_{volume}", check=False)
 
 
 def stream(**body):
@@ -262,6 +264,7 @@ def test_images_reach_a_host_through_the_script(tmp_path):
     result = subprocess.run(["scripts/swarm-images.sh", "copy", "pi@rpi5-a"], cwd=REPO, capture_output=True,
                             text=True, timeout=900, env={**os.environ, "SWARM_SSH": str(fake_ssh)})
     assert result.returncode == 0, result.stderr
-    arch = run("docker", "info", "--format", "{{.Architecture}}").stdout.strip().replace("x86_64", "amd64").replace("aarch64", "arm64")
+    machine = run("docker", "info", "--format", "{{.Architecture}}").stdout.strip()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[machine]
     assert f"docker-distributed-llm:local -> pi@rpi5-a ({arch})" in result.stderr
     assert "Loaded image: docker-distributed-llm:local" in result.stderr

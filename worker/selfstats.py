@@ -46,8 +46,10 @@ class CgroupPaths:
         if (root / "cgroup.controllers").exists():
             return cls(2, root / "cpu.stat", root / "cpu.max", root / "memory.current", root / "memory.stat",
                        root / "memory.max")
-        cpuacct = next((root / d for d in ("cpuacct", "cpu,cpuacct", "cpuacct,cpu") if (root / d / "cpuacct.usage").exists()), None)
-        cpu = next((root / d for d in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / d / "cpu.cfs_quota_us").exists()), None)
+        def first(names: tuple[str, ...], file: str) -> Path | None:  # v1 may co-mount cpu and cpuacct
+            return next((root / d for d in names if (root / d / file).exists()), None)
+        cpuacct = first(("cpuacct", "cpu,cpuacct", "cpuacct,cpu"), "cpuacct.usage")
+        cpu = first(("cpu", "cpu,cpuacct", "cpuacct,cpu"), "cpu.cfs_quota_us")
         memory = root / "memory"
         if cpuacct is None or cpu is None or not (memory / "memory.usage_in_bytes").exists():
             raise FileNotFoundError(f"no cgroup v1 or v2 counters under {root} (not in a container?)")
