@@ -73,10 +73,13 @@ class StageTotals:
                                      + [step["link_out"]["transport_ms"]])
 
     def summary(self) -> dict:
-        decode_hops = [ms for step in self.hop_transport_ms[1:] for ms in step]  # step 0 is the prefill
+        decode_steps = self.hop_transport_ms[1:]  # step 0 is the prefill
+        decode_hops = [ms for step in decode_steps for ms in step]
         return {"stages": self.stages, "link_out": self.link_out,
                 "hop_transport_ms": {"p50": percentile(decode_hops, 50), "p90": percentile(decode_hops, 90),
-                                     "max": max(decode_hops) if decode_hops else None},
+                                     "max": max(decode_hops) if decode_hops else None,
+                                     # per link (link 0 into worker 1 ... the last, home to the root)
+                                     "p50_per_link": [percentile(list(link), 50) for link in zip(*decode_steps)]},
                 "compute_ms": sum(s["compute_ms"] for s in self.stages),
                 "transport_ms": sum(s["link_in"]["transport_ms"] for s in self.stages) + self.link_out["transport_ms"]}
 

@@ -9,6 +9,8 @@ from collections import deque
 
 import psutil
 
+from common.selfstats import SelfStats
+
 log = logging.getLogger("root.stats")
 HISTORY_S = 600.0  # samples kept for per-request windows
 
@@ -169,7 +171,7 @@ def _number(value, field: str, integer: bool = False, optional: bool = False):
 
 
 def reported_row(name: str, role: str, stats: dict) -> dict:
-    """A row from figures a container measured itself (worker.selfstats.container_stats()).
+    """A row from figures a container measured itself (common.selfstats.container_stats()).
 
     The name and role are the root's (worker-2), not the reporter's; a malformed report raises
     ValueError rather than reaching the page."""
@@ -194,10 +196,7 @@ class ReportedSampler:
         """reports(): {worker name: its latest stats dict}, only fresh ones (a worker that is down
         reports nothing). own(): the root's own stats dict; default: its cgroup, read as workers do."""
         self.reports, self.history, self.interval_s = reports, history, interval_s
-        if own is None:
-            from worker.selfstats import SelfStats  # the same reader as the workers', one module
-            own = SelfStats(role="root").sample
-        self.own = own
+        self.own = own or SelfStats(role="root").sample  # the same reader as the workers' own
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="stats-reported", daemon=True).start()

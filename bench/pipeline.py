@@ -54,18 +54,26 @@ def decode_breakdown(replies: list[dict]) -> dict:
 
 
 def link_transport(replies: list[dict]) -> dict:
-    """Mean transport of one decode step on a forward link (root -> worker 1 -> ... -> worker N) and on
-    the return link (worker N -> root), medians over repeats; decode only (full reply minus its twin)."""
+    """Transport of one decode step on a forward link (root -> worker 1 -> ... -> worker N) and on the
+    return link (worker N -> root), medians over repeats: each link's p50 over the decode steps where
+    the server reports it per link, else (an older checkout) the mean from the totals (full reply
+    minus its 1-token twin)."""
     forward, back = [], []
     for r in replies:
         full, pre = r["full"], r["prefill"]
+        per_link = full["hop_transport_ms"].get("p50_per_link")
+        if per_link:
+            forward.append(statistics.median(per_link[:-1]))
+            back.append(per_link[-1])
+            continue
         steps = full["completion_tokens"] - 1
         hops = [(f["link_in"]["transport_ms"] - p["link_in"]["transport_ms"]) / steps
                 for f, p in zip(full["stages"], pre["stages"])]
         forward.append(statistics.mean(hops))
         back.append((full["link_out"]["transport_ms"] - pre["link_out"]["transport_ms"]) / steps)
     fwd, ret = statistics.median(forward), statistics.median(back)
-    return {"forward_hop_ms": fwd, "return_link_ms": ret, "return_over_forward": stats.ratio(ret, fwd)}
+    return {"forward_hop_ms": fwd, "return_link_ms": ret, "return_over_forward": stats.ratio(ret, fwd),
+            "statistic": "p50" if replies[0]["full"]["hop_transport_ms"].get("p50_per_link") else "mean"}
 
 
 def summarize_workers(replies: list[dict], memory: list[dict], hf_tok_s: float | None, ceiling: float) -> dict:

@@ -218,7 +218,7 @@ class WorkerHealth:
     pid: int
     assignment: LoadAssignment | None
     device: dict = field(default_factory=dict)  # threads, cpus, memory figures (common.placement.memory_report)
-    stats: dict | None = None         # the worker's own CPU and memory (worker/selfstats.py), when it reports them
+    stats: dict | None = None         # the worker's own CPU and memory (common/selfstats.py), when it reports them
 
     def to_dict(self) -> dict:
         a = self.assignment

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import selfstats
-from worker.selfstats import CgroupPaths, Reading, SelfStats, cpu_percent, mem_used, parse_net_dev, parse_proc_stat
+from common import selfstats
+from common.selfstats import CgroupPaths, Reading, SelfStats, cpu_percent, mem_used, parse_net_dev, parse_proc_stat
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -193,7 +193,7 @@ def test_reported_row_refuses_malformed_figures():
 
 BURNER = """
 import json, sys, time
-from worker.selfstats import container_stats
+from common.selfstats import container_stats
 hold = bytearray(300 * 2**20)           # 300 MiB, touched so it is resident
 for i in range(0, len(hold), 4096):
     hold[i] = 1

@@ -27,6 +27,7 @@ from common.latency import sleep_exactly
 from common.placement import memory_report
 from common.protocol import (REQUEST_ID, Ack, LoadAssignment, ProtocolError, StageRecord, StepError, StepHeader,
                              WorkerHealth, reply_from_dict)
+from common.selfstats import container_stats
 from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
@@ -76,10 +77,6 @@ class WorkerState:
 
 def _own_stats() -> dict | None:
     """This container's CPU and memory as `docker stats` computes them, for roots on other hosts."""
-    try:
-        from .selfstats import container_stats
-    except ImportError:
-        return None
     try:
         return container_stats()
     except Exception:  # stats are a convenience: never fail a health check over them

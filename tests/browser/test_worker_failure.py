@@ -7,8 +7,8 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from ..conftest import start_cluster
 from . import pages
+from . import workers
 from .workers import crash_worker
 
 RECOVERY_WAIT_S = 12  # short, but long enough to watch the countdown: then the reply gives up
@@ -16,8 +16,7 @@ RECOVERY_WAIT_S = 12  # short, but long enough to watch the countdown: then the 
 
 @pytest.fixture(scope="module")
 def fragile_cluster(tiny_model, logs_dir):
-    cluster = start_cluster(tiny_model, logs_dir, workers=2, latency_ms="10,20",
-                            extra_env={"RECOVERY_WAIT_S": str(RECOVERY_WAIT_S)})
+    cluster = workers.fragile_cluster(tiny_model, logs_dir, RECOVERY_WAIT_S)
     yield cluster
     cluster.stop()
 

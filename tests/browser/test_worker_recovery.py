@@ -6,8 +6,8 @@ import json
 import pytest
 from playwright.sync_api import expect
 
-from ..conftest import start_cluster
 from . import pages
+from . import workers
 from .workers import crash_worker
 
 RECOVERY_WAIT_S = 120  # long: a restarted worker has time to start and reload its slice on a busy laptop
@@ -15,8 +15,7 @@ RECOVERY_WAIT_S = 120  # long: a restarted worker has time to start and reload i
 
 @pytest.fixture(scope="module")
 def restartable_cluster(tiny_model, logs_dir):
-    cluster = start_cluster(tiny_model, logs_dir, workers=2, latency_ms="10,20",
-                            extra_env={"RECOVERY_WAIT_S": str(RECOVERY_WAIT_S)})
+    cluster = workers.fragile_cluster(tiny_model, logs_dir, RECOVERY_WAIT_S)
     yield cluster
     cluster.stop()
 
