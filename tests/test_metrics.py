@@ -49,4 +49,5 @@ def test_step_timings_split_wire_time_per_link():
     assert summary["stages"][0]["link_in"]["bytes"] == 200
     assert summary["transport_ms"] == pytest.approx(12.0)
     assert totals.hop_transport_ms == [[1.0, 2.0, 3.0]] * 2
-    assert summary["hop_transport_ms"] == {"p50": 2.0, "p90": 2.8, "max": 3.0}  # decode steps only
+    assert summary["hop_transport_ms"] == {"p50": 2.0, "p90": 2.8, "max": 3.0,  # decode steps only
+                                           "p50_per_link": [1.0, 2.0, 3.0]}
