@@ -10,6 +10,7 @@ from typing import Callable
 
 from common.placement import Placement
 from common.protocol import LoadAssignment
+from common.tensor_split import TensorShare
 
 from .chain import WorkerSpec
 from .control import ControlClient, ControlError
@@ -27,10 +28,13 @@ def chain_specs(workers: list[tuple[str, str]], placement: Placement) -> list[Wo
 class Cluster:
     def __init__(self, workers: list[tuple[str, str]], placement: Placement, model_path: str, dtype: str,
                  return_address: str, control: ControlClient, check_interval_s: float = 1.0,
-                 rediscover: Callable[[], list[tuple[str, str]]] | None = None):
-        """rediscover(): the workers' current (name, url), for a swarm whose tasks move between hosts."""
+                 rediscover: Callable[[], list[tuple[str, str]]] | None = None,
+                 shares: list[TensorShare] | None = None):
+        """rediscover(): the workers' current (name, url), for a swarm whose tasks move between hosts.
+        shares: tensor mode, each worker's part of every layer (its partials go to the root)."""
         self.placement, self.model_path, self.dtype, self.return_address = placement, model_path, dtype, return_address
         self.order = [name for name, _ in workers]  # discovery order, idle workers included
+        self.tensor_shares = shares
         self._place(workers)
         self.control, self.check_interval_s, self.rediscover = control, check_interval_s, rediscover
         self.listeners: list[Callable[[list[WorkerSpec]], None]] = []  # told when a worker's address changes
@@ -47,10 +51,17 @@ class Cluster:
         self.specs = chain_specs(workers, self.placement)
         busy = {w.name for w in self.specs}
         self.idle = [(name, url) for name, url in workers if name not in busy]
-        self.assignments = {
-            w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
-                                   self.specs[i + 1].address if i + 1 < len(self.specs) else self.return_address)
-            for i, w in enumerate(self.specs)}
+        shares = self.tensor_shares
+        self.shares = {w.name: shares[i] for i, w in enumerate(self.specs)} if shares else {}
+        if shares:  # tensor mode: every worker sends its partials to the root
+            self.assignments = {w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
+                                                       self.return_address, share=shares[i])
+                                for i, w in enumerate(self.specs)}
+        else:
+            self.assignments = {
+                w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
+                                       self.specs[i + 1].address if i + 1 < len(self.specs) else self.return_address)
+                for i, w in enumerate(self.specs)}
 
     def follow(self) -> None:
         """A rescheduled task answers at a new address: move it there, and tell the chain."""
@@ -153,6 +164,10 @@ class Cluster:
                      "threads": s["threads"], "status": s["status"], "error": s["error"],
                      "memory_limit_bytes": device.get("memory_limit_bytes"),
                      "memory_available_bytes": device.get("memory_available_bytes")}
+            if name in self.shares:  # tensor mode: which heads and MLP columns of every layer it holds
+                share = self.shares[name]
+                entry["share"] = {**share.to_dict(), "label": share.label(), "n_q_heads": share.n_q_heads,
+                                  "n_kv_heads": share.n_kv_heads, "ffn_width": share.ffn_width}
             if name in plans:
                 entry["estimate"] = {k: plans[name][k] for k in ("weight_bytes", "kv_bytes", "total_bytes", "fits")}
             out.append(entry)

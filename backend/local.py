@@ -70,9 +70,11 @@ class LocalCluster:
 
     def __init__(self, model: str, workers: int = 2, threads: int = 1, latency_ms: str = "0,0",
                  port: int | None = None, dtype: str = "float32", layer_split: str = "", seed: int = 0,
-                 extra_env: dict | None = None, log_dir: Path | None = None, repo: Path = REPO):
+                 extra_env: dict | None = None, log_dir: Path | None = None, repo: Path = REPO,
+                 parallelism: str = "pipeline"):
         self.model, self.n_workers, self.threads = model, workers, threads
         self.latency_ms, self.dtype, self.layer_split, self.seed = latency_ms, dtype, layer_split, seed
+        self.parallelism = parallelism
         self.port = port or free_port_pair()
         self.extra_env = extra_env or {}
         self.log_dir = log_dir
@@ -123,7 +125,7 @@ class LocalCluster:
             "PORT": str(self.port), "THREADS": str(self.threads), "DTYPE": self.dtype,
             "WORKER_URLS": ",".join(self.worker_url(i) for i in range(self.n_workers)),
             "LATENCY_MIN_MS": lo or "0", "LATENCY_MAX_MS": hi or lo or "0", "LATENCY_SEED": str(self.seed),
-            "LAYER_SPLIT": self.layer_split, "STATS_SOURCE": "local", **self._model_env(), **self.extra_env})
+            "LAYER_SPLIT": self.layer_split, "PARALLELISM": self.parallelism, "STATS_SOURCE": "local", **self._model_env(), **self.extra_env})
         self.wait_ready(timeout_s)
         return self
 
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-ms", default="0,0", help="MIN,MAX injected per link, uniform")
     ap.add_argument("--port", type=int, default=5000)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
+    ap.add_argument("--parallelism", default="pipeline", choices=["pipeline", "tensor"],
+                    help="pipeline: each worker holds a run of layers; tensor: a share of every layer")
     ap.add_argument("--placement", default="", choices=["", "even", "manual", "threads", "memory", "fit"],
                     help="how layers are placed (default: manual with --layer-split, else even)")
     ap.add_argument("--layer-split", default="", help="manual layer counts per worker, like 8,8,6")
@@ -178,7 +182,8 @@ def main(argv=None) -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
     extra_env = {"PLACEMENT": args.placement} if args.placement else {}
     cluster = LocalCluster(args.model, args.workers, args.threads, args.latency_ms, args.port, args.dtype,
-                           args.layer_split, args.seed, extra_env=extra_env, log_dir=log_dir)
+                           args.layer_split, args.seed, extra_env=extra_env, log_dir=log_dir,
+                           parallelism=args.parallelism)
     try:
         cluster.start()
     except (RuntimeError, TimeoutError) as exc:

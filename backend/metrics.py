@@ -75,7 +75,7 @@ class StageTotals:
     def summary(self) -> dict:
         decode_steps = self.hop_transport_ms[1:]  # step 0 is the prefill
         decode_hops = [ms for step in decode_steps for ms in step]
-        return {"stages": self.stages, "link_out": self.link_out,
+        return {"parallelism": "pipeline", "syncs": 0, "stages": self.stages, "link_out": self.link_out,
                 "hop_transport_ms": {"p50": percentile(decode_hops, 50), "p90": percentile(decode_hops, 90),
                                      "max": max(decode_hops) if decode_hops else None,
                                      # per link (link 0 into worker 1 ... the last, home to the root)
@@ -110,10 +110,11 @@ def step_timings(sent_ns: int, records: tuple[StageRecord, ...], returned_ns: in
 class ReplyMetrics:
     """The one accumulator of a reply's figures: t0, token times, the drawn delays, stage totals, waits."""
 
-    def __init__(self, t0: float, prompt_tokens: int, delays: RequestDelays, names: list[str], layers: list[list[int]]):
+    def __init__(self, t0: float, prompt_tokens: int, delays: RequestDelays, names: list[str], layers: list[list[int]],
+                 totals=None):
         self.t0, self.prompt_tokens, self.delays = t0, prompt_tokens, delays
         self.token_times: list[float] = []
-        self.totals = StageTotals(names, layers)
+        self.totals = totals or StageTotals(names, layers)  # tensor mode: backend.tensor_metrics.TensorTotals
         self.recovery_wait_ms = 0.0
         self.recoveries = 0
 

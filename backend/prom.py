@@ -22,6 +22,10 @@ class PromMetrics:
         self.link = Counter("dllm_link_seconds", "Time on each link, injected delay or transport",
                             ["link", "kind"], registry=r)
         self.link_bytes = Counter("dllm_link_bytes", "Bytes sent on each link", ["link"], registry=r)
+        self.syncs = Counter("dllm_syncs", "Tensor mode: synchronisations (2 per layer per step)", registry=r)
+        self.sync = Counter("dllm_sync_seconds", "Tensor mode: synchronisations' injected delay (critical path) "
+                            "or transport", ["kind"], registry=r)
+        self.sync_bytes = Counter("dllm_sync_bytes", "Tensor mode: bytes of every partial and sum", registry=r)
         self.active = Gauge("dllm_active_requests",
                             "Requests in flight; each holds one KV cache on every worker", registry=r)
         self.active.set_function(lambda: len(active_requests))
@@ -41,6 +45,11 @@ class PromMetrics:
             self.compute.labels(worker=stage["name"]).inc(stage["compute_ms"] / 1e3)
             self._link(f"into-{stage['name']}", stage["link_in"])
         self._link("to-root", m["link_out"])
+        if m.get("parallelism") == "tensor":
+            self.syncs.inc(m["syncs"])
+            self.sync.labels(kind="injected").inc(m["sync"]["injected_ms"] / 1e3)
+            self.sync.labels(kind="transport").inc(m["sync"]["transport_ms"] / 1e3)
+            self.sync_bytes.inc(m["sync"]["bytes"])
 
     def _link(self, name: str, link: dict) -> None:
         self.link.labels(link=name, kind="injected").inc(link["injected_ms"] / 1e3)

@@ -8,11 +8,8 @@ import uuid
 
 from flask import request
 
-from common.latency import RequestDelays
-
 from .chain import WorkerFailure
 from .generation import Event, Reply, generate
-from .metrics import ReplyMetrics
 from .runtime import Runtime
 from .validation import BadRequest, GenerateRequest
 
@@ -65,10 +62,7 @@ def admit(runtime: Runtime, params: GenerateRequest, t0: float, messages: list[d
         runtime.prom.rejected.inc()
         raise ApiError(429, f"{runtime.settings.max_concurrent} requests are already running; retry shortly",
                        headers={"Retry-After": "1"})
-    specs = runtime.cluster.specs
-    delays = RequestDelays(runtime.links, runtime.settings.latency_seed, next(runtime.requests_started))
-    metrics = ReplyMetrics(t0, len(prompt_ids), delays, [w.name for w in specs],
-                           [[w.shard.start, w.shard.end] for w in specs])
+    metrics = runtime.reply_metrics(t0, len(prompt_ids))
     reply = Reply(request_id=uuid.uuid4().hex[:16], prompt_ids=prompt_ids, request=params,
                   max_new_tokens=min(params.max_tokens, limit - len(prompt_ids)), metrics=metrics)
     runtime.active[reply.request_id] = reply.cancel

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from common.config import RootSettings
 from common.dtypes import compute_dtype_name
-from common.latency import LinkModel, links_for
+from common.latency import LinkModel, RequestDelays, links_for
 from common.model_info import synthetic_marker
 from common.placement import Device, ModelShape, Placement, PlacementError
 from common.transport import TcpTransport, data_port, reachable_host, split_address
@@ -31,10 +31,14 @@ from .control import ControlClient, ControlError
 from .discovery import WorkersMissing, docker_workers, fixed_workers, in_swarm, swarm_workers
 from .generation import Engine
 from .head import HeadModel
+from .metrics import ReplyMetrics
 from .model_source import resolve_model
 from .planner import PlacementView, Planner
 from .prom import PromMetrics
 from .stats import DockerSampler, LocalSampler, ReportedSampler, StatsHistory
+from .tensor_chain import TensorChain
+from .tensor_metrics import tensor_reply_metrics
+from .tensor_plan import TensorRefused, shares_for, tensor_placement
 
 log = logging.getLogger("root")
 
@@ -61,7 +65,7 @@ class Runtime:
     planner: Planner
     placement: Placement
     cluster: Cluster
-    chain: object                 # backend.chain.Chain, or a test's fake with the same two methods
+    chain: object                 # backend.chain.Chain, backend.tensor_chain.TensorChain, or a test's fake
     links: list[LinkModel]
     history: StatsHistory
     stats_source: str
@@ -78,6 +82,18 @@ class Runtime:
     def ready(self) -> bool:
         return self.cluster.ready()
 
+    def reply_metrics(self, t0: float, prompt_tokens: int) -> ReplyMetrics:
+        """A new reply's accumulator, its delays drawn from the next request's seeded generator."""
+        number, specs = next(self.requests_started), self.cluster.specs
+        names = [w.name for w in specs]
+        if self.settings.parallelism == "tensor":
+            cfg = self.head.config
+            itemsize = 2 if compute_dtype_name(self.settings.dtype) == "bfloat16" else 4
+            return tensor_reply_metrics(t0, prompt_tokens, self.links, self.settings.latency_seed, number, names,
+                                        cfg.num_hidden_layers, cfg.hidden_size, itemsize)
+        delays = RequestDelays(self.links, self.settings.latency_seed, number)
+        return ReplyMetrics(t0, prompt_tokens, delays, names, [[w.shard.start, w.shard.end] for w in specs])
+
     def context_limit(self) -> int:
         return self.planner.context_limit
 
@@ -92,6 +108,7 @@ class Runtime:
                       "synthetic": marker is not None, "synthetic_info": marker, "dtype": self.settings.dtype,
                       "n_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size},
             "latency": latency_description(self.settings),
+            "parallelism": self.settings.parallelism,
             "threads_root": self.settings.threads,
             "root_tensors": self.head.loaded_tensor_names,
             "workers": self.cluster.describe(),
@@ -130,7 +147,8 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     # int8 quantizes the workers' projections; the root's embedding and LM head stay in the compute dtype.
     head = HeadModel(model_path, compute_dtype_name(settings.dtype), gemv=settings.decode_gemv)
-    shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text()))
+    config = json.loads((model_path / "config.json").read_text())
+    shape = ModelShape.from_config(config)
     model_ctx = getattr(head.config, "max_position_embeddings", None) or settings.max_context
     control = ControlClient(settings.secret)
     progress("finding the workers")
@@ -141,9 +159,19 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
         except WorkersMissing as exc:  # swarm tasks still starting: wait, as for their reports below
             progress(f"finding the workers: {exc}")
             time.sleep(1)
+    tensor = settings.parallelism == "tensor"
+    if tensor:
+        try:  # refused before waiting on anyone: no device report changes the count
+            shares = shares_for(config, len(workers), settings.dtype)
+        except TensorRefused as exc:
+            raise StartupError(f"{exc} (this cluster has {len(workers)})") from None
     devices = gather_devices(workers, control, progress)
     planner = Planner(settings, shape, lambda: devices, min(model_ctx, settings.max_context))
-    placement = planner.plan()
+    if tensor:
+        placement = tensor_placement(config, shares, devices, settings.dtype, planner.context_limit,
+                                     settings.max_concurrent)
+    else:
+        placement = planner.plan()
     problems = placement.shortfalls()
     if problems and settings.memory_check:
         raise PlacementRefused("; ".join(problems) + " (see GET /api/placement; MEMORY_CHECK=off starts anyway)",
@@ -155,15 +183,23 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     swarm = docker is not None and not settings.worker_urls and in_swarm(docker)
     # On a swarm a rescheduled task comes back at a new address: the monitor follows it.
     cluster = Cluster(workers, placement, str(model_path), settings.dtype, return_address, control,
-                      rediscover=(lambda: swarm_workers(docker, settings.worker_port)) if swarm else None)
-    chain = Chain(cluster.specs, transport, control, return_address, settings.max_frame_bytes, settings.hop_timeout_s)
+                      rediscover=(lambda: swarm_workers(docker, settings.worker_port)) if swarm else None,
+                      shares=shares if tensor else None)
+    n = len(cluster.specs)
+    if tensor:
+        chain = TensorChain(cluster.specs, transport, control, config["num_hidden_layers"], config["hidden_size"],
+                            settings.max_frame_bytes, settings.hop_timeout_s)
+        links = links_for(n, settings.link, settings.link_overrides)[:n]  # link i: root <-> worker i+1, both ways
+    else:
+        chain = Chain(cluster.specs, transport, control, return_address, settings.max_frame_bytes,
+                      settings.hop_timeout_s)
+        links = links_for(n, settings.link, settings.link_overrides)
     cluster.listeners.append(chain.follow)
     transport.serve(data_port(settings.port), chain.arrive)
     history = StatsHistory()
     runtime = Runtime(settings=settings, model_path=model_path, tokenizer=tokenizer,
                       eos_ids=eos_ids(model_path, tokenizer), head=head, planner=planner, placement=placement,
-                      cluster=cluster, chain=chain, links=links_for(len(cluster.specs), settings.link,
-                                                                    settings.link_overrides),
+                      cluster=cluster, chain=chain, links=links,
                       history=history, stats_source=start_stats(settings, docker, history, cluster, swarm))
     # The preview follows the monitor's latest reports from now on.
     planner.devices = lambda: current_devices(devices, workers, cluster)

@@ -19,6 +19,7 @@ from .placement import MODES
 from .placement import parse_counts
 
 MiB = 1024 * 1024
+PARALLELISMS = ("pipeline", "tensor")
 
 
 def _int(name: str, text: str) -> int:
@@ -142,6 +143,7 @@ class RootSettings:
     model_preset: str = "llama-3.2-1b"    # synthetic model made when model_path is empty: the real 1B shape
     model_seed: int = 0
     synthetic_dir: str = "/synthetic"     # where synthetic models are made (writable by the root only)
+    parallelism: str = "pipeline"         # pipeline: each worker holds a run of layers | tensor: a share of every layer
     dtype: str = "float32"               # float32 | bfloat16 | int8 (int8 weights in the workers' projections;
                                           # they compute in float32, the root's head stays float32)
     worker_urls: tuple[str, ...] = ()     # fixed list (local mode); empty: discover through Docker
@@ -170,7 +172,7 @@ class RootSettings:
         "HOST": ("host", _text), "PORT": ("port", _int), "MODEL_PATH": ("model_path", _text),
         "MODELS_DIR": ("models_dir", _text), "MODEL_PRESET": ("model_preset", _text),
         "MODEL_SEED": ("model_seed", _int), "SYNTHETIC_DIR": ("synthetic_dir", _text), "DTYPE": ("dtype", _text),
-        "WORKER_URLS": ("worker_urls", _urls), "LAYER_SPLIT": ("layer_split", _split),
+        "PARALLELISM": ("parallelism", _lower), "WORKER_URLS": ("worker_urls", _urls), "LAYER_SPLIT": ("layer_split", _split),
         "PLACEMENT": ("placement", _lower), "PLACEMENT_ORDER": ("placement_order", _names),
         "MEMORY_CHECK": ("memory_check", _switch), "LINK_OVERRIDES": ("link_overrides", _overrides),
         "LATENCY_SEED": ("latency_seed", _int), "THREADS": ("threads", _int),
@@ -193,6 +195,8 @@ class RootSettings:
             raise ValueError("PLACEMENT=manual needs LAYER_SPLIT, e.g. 8,4,2,2")
         if self.dtype not in MODEL_DTYPES:
             raise ValueError(f"DTYPE must be one of {', '.join(MODEL_DTYPES)}, not {self.dtype!r}")
+        if self.parallelism not in PARALLELISMS:
+            raise ValueError(f"PARALLELISM must be one of {', '.join(PARALLELISMS)}, not {self.parallelism!r}")
 
     @classmethod
     def from_env(cls, env=os.environ) -> "RootSettings":

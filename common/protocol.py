@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from .placement import Shard
+from .tensor_split import TensorShare
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ADDRESS = re.compile(r"^[A-Za-z0-9._-]{1,253}:\d{1,5}$")
@@ -74,6 +75,9 @@ class LoadAssignment:
     dtype: str         # float32 | bfloat16 | int8 (common.dtypes.MODEL_DTYPES)
     model_path: str    # a folder the worker may read (the worker checks it against MODEL_ROOTS)
     next_address: str  # data address (host:port) of the next worker, or of the root for the last one
+    # Tensor mode: this worker's share of every layer (shard is then every layer, index its rank and
+    # next_address the root's data port, where its partial sums go); None in pipeline mode.
+    share: TensorShare | None = None
 
     def holds_same(self, other: "LoadAssignment") -> bool:
         """The same slice in the same place of the chain: only the next hop may differ."""
@@ -81,8 +85,11 @@ class LoadAssignment:
             (other.name, other.index, other.shard, other.dtype, other.model_path)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "index": self.index, "start": self.shard.start, "end": self.shard.end,
-                "dtype": self.dtype, "model_path": self.model_path, "next_address": self.next_address}
+        out = {"name": self.name, "index": self.index, "start": self.shard.start, "end": self.shard.end,
+               "dtype": self.dtype, "model_path": self.model_path, "next_address": self.next_address}
+        if self.share is not None:
+            out["share"] = self.share.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoadAssignment":
@@ -95,7 +102,26 @@ class LoadAssignment:
             raise ProtocolError(f"load layers [{start}, {end}) are empty")
         return cls(name=name, index=_nonneg_int(d, "index", what, MAX_LINKS), shard=Shard(start, end),
                    dtype=_get(d, "dtype", str, what), model_path=_get(d, "model_path", str, what),
-                   next_address=_address(d, "next_address", what))
+                   next_address=_address(d, "next_address", what), share=_share(d.get("share")))
+
+
+def _share(raw) -> TensorShare | None:
+    """load.share: a TensorShare's fields, each a bounded integer or [start, end) pair (the worker checks
+    it against the model itself)."""
+    if raw is None:
+        return None
+    what = "load.share"
+    rank, world = _nonneg_int(raw, "rank", what, MAX_LINKS), _nonneg_int(raw, "world", what, MAX_LINKS + 1)
+    if not rank < world:
+        raise ProtocolError(f"{what}.rank {rank} must be below world {world}")
+    pairs = {}
+    for key in ("q_heads", "kv_heads", "ffn"):
+        pair = _get(raw, key, list, what)
+        if (len(pair) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 24 for x in pair)
+                or pair[1] <= pair[0]):
+            raise ProtocolError(f"{what}.{key} must be [start, end) with 0 <= start < end")
+        pairs[key] = (pair[0], pair[1])
+    return TensorShare(rank=rank, world=world, **pairs)
 
 
 @dataclass(frozen=True)

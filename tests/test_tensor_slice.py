@@ -15,13 +15,13 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from common.model_info import load_config
-from common.placement import ModelShape
-from common.split import Shard
+from common.placement import ModelShape, Shard
 from common.tensor_split import TensorShare, tensor_shares
 from model_downloader.presets import PRESETS
 from model_downloader.synthetic import write_model_files
 from worker.shard import DecoderSlice
-from worker.tensor_slice import TensorSlice, lockstep_forward, reduce_partials
+from common.reduction import reduce_partials
+from worker.tensor_slice import TensorSlice, lockstep_forward
 
 from .conftest import hf_greedy
 

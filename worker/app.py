@@ -33,6 +33,8 @@ from common.transport import TcpTransport, Transport, data_port
 from .caches import CacheFull, KVCacheStore
 from .quantize import quantized_engine
 from .shard import DecoderSlice
+from .tensor_slice import TensorSlice
+from .tensor_step import tensor_step
 
 log = logging.getLogger("worker")
 
@@ -48,7 +50,7 @@ class WorkerState:
         self.settings, self.transport = settings, transport
         self.caches = KVCacheStore(settings.max_caches, settings.cache_ttl_s)
         self.assignment: LoadAssignment | None = None
-        self.slice: DecoderSlice | None = None
+        self.slice: DecoderSlice | TensorSlice | None = None
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
         self.load_lock = threading.Lock()
@@ -60,10 +62,16 @@ class WorkerState:
                 self.slice = None
                 self.caches.clear()
                 started = time.perf_counter()
-                self.slice = DecoderSlice(assignment.model_path, assignment.shard, assignment.dtype,
-                                          gemv=self.settings.decode_gemv)
-                log.info("%s loaded layers [%d, %d) in %.1f s", assignment.name, assignment.shard.start,
-                         assignment.shard.end, time.perf_counter() - started)
+                if assignment.share is not None:  # tensor mode: a share of every layer
+                    self.slice = TensorSlice(assignment.model_path, assignment.share, assignment.dtype,
+                                             gemv=self.settings.decode_gemv)
+                    log.info("%s loaded %s of every layer in %.1f s", assignment.name, assignment.share.label(),
+                             time.perf_counter() - started)
+                else:
+                    self.slice = DecoderSlice(assignment.model_path, assignment.shard, assignment.dtype,
+                                              gemv=self.settings.decode_gemv)
+                    log.info("%s loaded layers [%d, %d) in %.1f s", assignment.name, assignment.shard.start,
+                             assignment.shard.end, time.perf_counter() - started)
                 self.status = "ready"
             except Exception as exc:  # any load failure is reported to the root through /healthz
                 log.exception("load failed")
@@ -155,11 +163,13 @@ def create_app(settings: WorkerSettings | None = None, transport: Transport | No
 
     @app.get("/v1/info")
     def info():
-        sl = state.slice
+        sl, a = state.slice, state.assignment
+        tensor = isinstance(sl, TensorSlice)
         return jsonify({
             "status": state.status, "threads": settings.threads, "pid": os.getpid(),
-            "layers": [sl.shard.start, sl.shard.end] if sl else None,
-            "loaded_tensors": sl.loaded_tensor_names if sl else [],
+            "layers": [a.shard.start, a.shard.end] if sl and a else None,
+            "share": sl.share.to_dict() if tensor else None,  # tensor mode: heads and MLP width of every layer
+            "loaded_tensors": (sorted(sl.loaded) if tensor else sl.loaded_tensor_names) if sl else [],
             "weight_bytes": sl.weight_bytes if sl else 0,
             "dtype": sl.dtype_name if sl else None,
             "quantized_engine": quantized_engine() if sl and sl.dtype_name == "int8" else None,
@@ -197,6 +207,9 @@ def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHea
     a, sl = state.assignment, state.slice
     if state.status != "ready" or sl is None or a is None:
         raise StepFailed(StepError(503, f"worker is {state.status}, not ready", worker=a.name if a else None))
+    if isinstance(sl, TensorSlice):
+        raise StepFailed(StepError(400, f"{a.name} holds a tensor-parallel share: it takes tensor steps from the "
+                                        "root, not ring frames", worker=a.name))
     try:
         raw, hidden = decode_frame(data, settings.max_frame_bytes)
         header = StepHeader.from_dict(raw)
@@ -251,8 +264,14 @@ def _error(status: int, message: str, a: LoadAssignment) -> bytes:
 
 
 def serve_data_plane(state: WorkerState, port: int):
-    """The worker's data port: frames from the previous hop, answered once passed on."""
-    return state.transport.serve(port, lambda frame: ring_step(state, frame, time.time_ns()))
+    """The worker's data port: frames from the previous hop (pipeline) or the root's steps (tensor)."""
+    def step(frame: bytearray) -> bytes:
+        recv_ns = time.time_ns()
+        a = state.assignment
+        if a is not None and a.share is not None:
+            return tensor_step(state, frame, recv_ns)
+        return ring_step(state, frame, recv_ns)
+    return state.transport.serve(port, step)
 
 
 def _check_step(header: StepHeader, hidden, hidden_size: int, index: int) -> None:

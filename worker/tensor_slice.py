@@ -28,10 +28,12 @@ from safetensors import safe_open
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
+from common.dtypes import torch_dtype
 from common.gemv import use_gemv
 from common.model_info import load_config
+from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
-from common.weights import WeightIndex, layer_prefix, torch_dtype
+from common.weights import WeightIndex, layer_prefix
 
 SUPPORTED_DTYPES = ("float32", "bfloat16")  # int8 is pipeline-only for now
 
@@ -72,28 +74,6 @@ def local_config(config, share: TensorShare):
 
 def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def reduce_partials(partials: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The root's sum of the ranks' partials (1, T, hidden): accumulated in float32, cast once to `dtype`
-    (default: the partials' dtype).
-
-    Why float32: a bfloat16 running sum would round after every addition (N-1 times, 8 significant
-    bits each), and the result would depend on the order the partials arrive in. A float32 sum of a
-    few bfloat16 values is exact or nearly so and order-independent, and the single cast at the end is
-    the same one rounding that the unsplit layer's matmul applies to its fp32-accumulated output.
-    bfloat16 partials were each rounded once already by their rank's matmul, so bfloat16 tensor
-    parallelism is close to the stock layer but not bit-exact (tests/test_tensor_slice.py measures it).
-    """
-    if not partials:
-        raise ValueError("no partials to reduce")
-    shape = partials[0].shape
-    if any(p.shape != shape for p in partials):
-        raise ValueError(f"partials differ in shape: {[tuple(p.shape) for p in partials]}")
-    total = torch.zeros(shape, dtype=torch.float32)
-    for partial in partials:
-        total += partial.to(torch.float32)
-    return total.to(dtype or partials[0].dtype)
 
 
 def _check_share(config, share: TensorShare) -> None:

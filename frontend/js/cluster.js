@@ -1,7 +1,7 @@
 // The side panel: the chain of nodes, the model and links, the health line and the cluster's
 // problems in #error; /healthz, /api/cluster and /api/stats are polled every second.
 import { $, el, setText } from "./dom.js";
-import { fmt, fmtBytes, fmtLayers, isNum, plural } from "./format.js";
+import { fmt, fmtBytes, fmtLayers, fmtShare, isNum, plural } from "./format.js";
 import { getJson } from "./http.js";
 import { clearError, showError } from "./errors.js";
 import { applyLiveness, keepSeries, renderStats, statCells } from "./stats.js";
@@ -93,7 +93,8 @@ function buildClusterPanel(c) {
   workers.forEach((w, i) => {
     if (w.idle) return;
     items.push(el("li", { class: "link", "aria-hidden": "true", text: `↓ ${linkText}` }));
-    items.push(nodeEntry(`worker-${i + 1}`, w.name || `worker ${i + 1}`, fmtLayers(w.layers), workerMeta(w)));
+    items.push(nodeEntry(`worker-${i + 1}`, w.name || `worker ${i + 1}`, fmtShare(w.share) || fmtLayers(w.layers),
+                         workerMeta(w)));
   });
   items.push(el("li", { class: "link", "aria-hidden": "true", text: `↩ back to root · ${linkText}` }));
   workers.forEach((w, i) => {

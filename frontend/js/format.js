@@ -32,6 +32,12 @@ export function fmtDuration(ms) {
   return `${Math.floor(s / 60)} min ${s % 60} s`;
 }
 
+// Tensor mode: what a worker holds of every layer, e.g. "every layer: heads 2–3, 88 MLP columns".
+export function fmtShare(share) {
+  if (!share || !isNum(share.n_q_heads)) return "";
+  return `every layer: heads ${share.q_heads[0]}–${share.q_heads[1] - 1}, ${share.ffn_width} MLP columns`;
+}
+
 // Half-open [start, end) as the people reading the page count layers: "0–5".
 export function fmtLayers(layers) {
   if (!Array.isArray(layers) || layers.length !== 2) return "";

@@ -1,0 +1,221 @@
+"""The root's end of tensor mode: broadcast a step to every worker, sum their partials, take worker 1's output.
+
+Same interface as backend/chain.py's Chain (`forward(request_id, hidden, start_pos, delays_ms)` ->
+(hidden, timings), `release`), so generation.py runs either. The topology (common/tensor_protocol.py):
+the root calls every worker's data port with the step; each worker's partials come to the root's
+data port (`arrive`) as calls, and each is answered with the sum once all N partials of that sync
+are in (`reduce_partials`, float32). Worker 1's answer to the broadcast carries the output.
+
+Concurrency: one tensor step at a time across the cluster (`_step_lock`). Every worker takes part in
+every sync of a step, so two steps interleaved on the workers could each wait for a partial the
+other holds up; serialising them at the root cannot deadlock, and requests in flight take turns
+step by step (a decode step of each in turn, as in pipeline mode's busy ring).
+
+Failures: any worker's error or silence fails the round at once; the workers waiting on a sum of
+that round are answered with the failure (naming the worker), so each answers the broadcast quickly
+and the root raises one WorkerFailure naming the worker that failed first.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+import torch
+
+from common.frame import FrameError, decode_frame, encode_frame
+from common.latency import sleep_exactly
+from common.protocol import ProtocolError, StepError
+from common.tensor_links import TensorStepDelays
+from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
+from common.transport import Transport
+from common.reduction import reduce_partials
+
+from .chain import WorkerFailure, WorkerSpec
+from .control import ControlClient
+from .metrics import StepTimings
+
+
+class _Round:
+    """The syncs of one step: partials in, one sum out per sync, or the failure that ended the step."""
+
+    def __init__(self, request_id: str, step: int, names: list[str], n_syncs: int, delays: TensorStepDelays,
+                 timeout_s: float):
+        self.request_id, self.step, self.names, self.delays, self.timeout_s = request_id, step, names, delays, timeout_s
+        n = len(names)
+        self.cond = threading.Condition()
+        self.arrived: list[set[int]] = [set() for _ in range(n_syncs)]
+        self.partials: list[list[torch.Tensor | None]] = [[None] * n for _ in range(n_syncs)]
+        self.sums: list[torch.Tensor | None] = [None] * n_syncs
+        self.up_transport_ms = [0.0] * n  # per worker, summed over the step's syncs
+        self.sync_bytes = 0
+        self.failure: WorkerFailure | None = None
+
+    def fail(self, failure: WorkerFailure) -> None:
+        with self.cond:
+            if self.failure is None:  # the first failure is the one named
+                self.failure = failure
+            self.cond.notify_all()
+
+    def contribute(self, sync: int, rank: int, partial: torch.Tensor) -> torch.Tensor:
+        """Blocks until every rank's partial of `sync` is in; returns their sum (float32)."""
+        with self.cond:
+            if self.failure is None and rank in self.arrived[sync]:
+                raise ProtocolError(f"{self.names[rank]} sent {sync_label(sync)} twice")
+            self.arrived[sync].add(rank)
+            self.partials[sync][rank] = partial
+            if len(self.arrived[sync]) == len(self.names):
+                try:
+                    self.sums[sync] = reduce_partials(self.partials[sync], torch.float32)
+                except ValueError as exc:  # partials of different shapes: a worker out of step
+                    self.failure = self.failure or WorkerFailure(f"the partials of {sync_label(sync)} differ: {exc}")
+                self.partials[sync] = []  # the sum is all that is needed from here on
+                self.cond.notify_all()
+            elif not self.cond.wait_for(lambda: self.sums[sync] is not None or self.failure is not None,
+                                        self.timeout_s):
+                missing = [self.names[r] for r in range(len(self.names)) if r not in self.arrived[sync]]
+                self.failure = self.failure or WorkerFailure(
+                    f"{', '.join(missing)} did not send its partial of {sync_label(sync)} (step {self.step}) "
+                    f"within {self.timeout_s:g} s", missing[0], 504)
+                self.cond.notify_all()
+            if self.failure is not None:
+                raise self.failure
+            return self.sums[sync]
+
+
+class TensorChain:
+    def __init__(self, workers: list[WorkerSpec], transport: Transport, control: ControlClient, n_layers: int,
+                 hidden_size: int, max_frame_bytes: int, hop_timeout_s: float):
+        if not workers:
+            raise ValueError("tensor mode needs at least one worker")
+        self.workers, self.transport, self.control = workers, transport, control
+        self.n_syncs, self.hidden_size = 2 * n_layers, hidden_size
+        self.max_frame_bytes, self.hop_timeout_s = max_frame_bytes, hop_timeout_s
+        self._names = [w.name for w in workers]
+        self._steps = itertools.count()
+        self._step_lock = threading.Lock()
+        self._round: _Round | None = None
+        self._round_lock = threading.Lock()
+        # Threads kept across steps keep their data connections open; spare ones cover a call stuck on a hung worker.
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(workers), thread_name_prefix="tensor-broadcast")
+
+    def follow(self, workers: list[WorkerSpec]) -> None:
+        """The workers again, when a task moved to a new address (a swarm rescheduled it)."""
+        with self._step_lock:
+            self.workers = list(workers)
+
+    def forward(self, request_id: str, hidden: torch.Tensor, start_pos: int,
+                delays_ms: list[float]) -> tuple[torch.Tensor, StepTimings]:
+        """One step on every worker; returns (worker 1's output, step timings)."""
+        delays = TensorStepDelays.from_flat(list(delays_ms), len(self.workers), self.n_syncs)
+        with self._step_lock:
+            rnd = _Round(request_id, next(self._steps), self._names, self.n_syncs, delays, self.hop_timeout_s)
+            with self._round_lock:
+                self._round = rnd
+            try:
+                sent_ns = time.time_ns()
+                answers = self._broadcast(rnd, hidden, start_pos)
+            finally:
+                with self._round_lock:
+                    self._round = None
+        records = [a[0] for a in answers]
+        out, back_recv_ns, back_bytes = answers[0][1], answers[0][2], answers[0][3]
+        if delays.back > 0:
+            sleep_exactly(delays.back / 1e3)  # worker 1's output home: its receiver (the root) waits it
+        return out, tensor_step_timings(sent_ns, records, rnd, delays, back_recv_ns, back_bytes)
+
+    def _broadcast(self, rnd: _Round, hidden: torch.Tensor, start_pos: int) -> list[tuple]:
+        # As the ring bounds a worker's compute by HOP_TIMEOUT_S: a share of every layer (1/N of the model)
+        # plus the waits for the slowest; a worker silent in a sync is named sooner by the round's timeout.
+        timeout = self.hop_timeout_s * 2 + rnd.delays.critical_ms / 1e3
+        d = rnd.delays
+        futures = [self._pool.submit(self._call, rnd, i, encode_frame(
+            TensorStep(rnd.request_id, rnd.step, start_pos, d.broadcast[i], tuple(up[i] for up in d.up),
+                       tuple(down[i] for down in d.down)).to_dict(), hidden), timeout)
+            for i in range(len(self.workers))]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        if pending:  # a failure: the others are answered at once by the failed round; wait for them briefly
+            wait(pending, timeout=self.hop_timeout_s)
+        if rnd.failure is not None:
+            raise rnd.failure
+        return [f.result() for f in futures]
+
+    def _call(self, rnd: _Round, i: int, frame: bytes, timeout: float):
+        w = self.workers[i]
+        try:
+            reply = self.transport.peer(w.address).call(frame, timeout)
+            recv_ns = time.time_ns()
+            raw, out = decode_frame(reply, self.max_frame_bytes)
+            if "error" in raw:
+                raise self._failure_from(StepError.from_dict(raw))
+            record = TensorRecord.from_dict(raw)
+            if record.rank != i or (i == 0 and (out is None or out.shape[-1] != self.hidden_size)):
+                raise ProtocolError(f"the answer is rank {record.rank}'s" + (" without the output" if i == 0 else ""))
+            return record, out, recv_ns, len(reply)
+        except WorkerFailure as exc:
+            failure = exc
+        except TimeoutError:
+            failure = WorkerFailure(f"{w.name} ({w.url}) did not answer the step within {timeout:g} s", w.name, 504)
+        except (FrameError, ProtocolError) as exc:
+            failure = WorkerFailure(f"{w.name} ({w.url}) sent a bad answer: {exc}", w.name)
+        except OSError as exc:
+            failure = WorkerFailure(f"{w.name} ({w.url}) is unreachable: {type(exc).__name__}", w.name)
+        rnd.fail(failure)
+        raise failure
+
+    def _failure_from(self, err: StepError) -> WorkerFailure:
+        message = err.message
+        if err.failed_next is not None and err.worker:
+            message = f"{err.worker} cannot send its partial to the root at {err.failed_next} ({message})"
+        return WorkerFailure(message, err.worker, err.status if err.status in (429, 504) else 502)
+
+    def arrive(self, frame: bytearray) -> bytes:
+        """The root's data port: one worker's partial of one sync, answered with the sum over every worker."""
+        recv_ns = time.time_ns()
+        try:
+            raw, partial = decode_frame(frame, self.max_frame_bytes)
+            sp = SyncPartial.from_dict(raw)
+            if sp.rank >= len(self.workers) or sp.sync >= self.n_syncs:
+                raise ProtocolError(f"rank {sp.rank} / sync {sp.sync} is outside this cluster's "
+                                    f"{len(self.workers)} workers / {self.n_syncs} syncs")
+            if (partial is None or partial.dtype != torch.float32 or partial.dim() != 3
+                    or partial.shape[2] != self.hidden_size):
+                raise ProtocolError(f"a partial must be float32 of shape (1, T, {self.hidden_size})")
+        except (FrameError, ProtocolError) as exc:
+            return encode_frame(StepError(400, f"the root got a bad partial: {exc}").to_dict(), None)
+        with self._round_lock:
+            rnd = self._round
+        if rnd is None or (rnd.request_id, rnd.step) != (sp.request_id, sp.step):
+            return encode_frame(StepError(409, f"the root is not running step {sp.step} of {sp.request_id} "
+                                               "(late or unknown)").to_dict(), None)
+        try:
+            total = rnd.contribute(sp.sync, sp.rank, partial)
+        except (WorkerFailure, ProtocolError) as exc:
+            worker = getattr(exc, "worker", None)
+            return encode_frame(StepError(getattr(exc, "status", 409), str(exc), worker).to_dict(), None)
+        reply = encode_frame(SyncSum(time.time_ns()).to_dict(), total)
+        with rnd.cond:
+            rnd.up_transport_ms[sp.rank] += max(0.0, (recv_ns - sp.sent_ns) / 1e6)
+            rnd.sync_bytes += len(frame) + len(reply)
+        return reply
+
+    def release(self, request_id: str) -> None:
+        """Free the request's KV cache on every worker; best effort, a down worker has none anyway."""
+        for w in self.workers:
+            self.control.release(w.url, request_id)
+
+
+def tensor_step_timings(sent_ns: int, records: list[TensorRecord], rnd: _Round, delays: TensorStepDelays,
+                        back_recv_ns: int, back_bytes: int) -> StepTimings:
+    """One step's figures (backend/tensor_metrics.py sums them): per worker, the broadcast link, its
+    compute and sync time; the syncs' critical-path delay, the slowest worker's sync transport, bytes."""
+    stages = [{"name": r.name, "compute_ms": r.compute_ms, "sync_ms": r.sync_ms,
+               "link_in": {"injected_ms": r.delay_ms, "transport_ms": max(0.0, (r.recv_ns - sent_ns) / 1e6),
+                           "bytes": r.bytes_in}} for r in records]
+    sync_transport = max(up + r.down_transport_ms for up, r in zip(rnd.up_transport_ms, records))
+    return {"parallelism": "tensor", "stages": stages,
+            "link_out": {"injected_ms": delays.back, "transport_ms": max(0.0, (back_recv_ns - records[0].sent_ns) / 1e6),
+                         "bytes": back_bytes},
+            "sync": {"count": records[0].syncs, "injected_ms": delays.sync_ms, "transport_ms": sync_transport,
+                     "bytes": rnd.sync_bytes}}

@@ -1,0 +1,65 @@
+"""A reply's figures in tensor mode, summed over its steps (definitions beside backend/metrics.py's).
+
+The workers run each step side by side, so the reply's totals follow the critical path:
+- compute_ms: per step the slowest worker's compute, summed.   Per worker (stages): its own compute,
+  its sync_ms (wall time in its syncs: links, delays, waiting for the slowest rank) and its
+  broadcast link (link_in).
+- syncs: synchronisations (2 per layer per step). sync.injected_ms: their delays on the critical
+  path (common/tensor_links.py); sync.transport_ms: per step the slowest worker's time on the wire
+  both ways, delays not inside; sync.bytes: every partial and sum frame; sync.per_sync_ms: p50/p90 of
+  the slowest worker's sync time per synchronisation, decode steps only.
+- transport_ms: per step the slowest broadcast link + the sync transport + worker 1's output home.
+- injected_latency_ms (TensorDelays.total_ms): broadcast, syncs and output home, on the critical path.
+"""
+from __future__ import annotations
+
+from common.latency import LinkModel
+from common.tensor_links import SYNC_ITEMSIZE, TensorDelays
+
+from .metrics import ReplyMetrics, percentile
+
+_LINK = ("injected_ms", "transport_ms", "bytes")
+
+
+class TensorTotals:
+    def __init__(self, names: list[str], n_layers: int):
+        self.stages = [{"name": n, "layers": [0, n_layers], "compute_ms": 0.0, "sync_ms": 0.0,
+                        "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}} for n in names]
+        self.link_out = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
+        self.sync = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
+        self.syncs = 0
+        self.compute_ms = self.transport_ms = 0.0
+        self.per_sync_ms: list[float] = []  # per decode step: the slowest worker's sync time / syncs
+
+    def add_step(self, step: dict) -> None:
+        """step: backend.tensor_chain.tensor_step_timings()."""
+        for total, stage in zip(self.stages, step["stages"]):
+            total["compute_ms"] += stage["compute_ms"]
+            total["sync_ms"] += stage["sync_ms"]
+            for key in _LINK:
+                total["link_in"][key] += stage["link_in"][key]
+        for key in _LINK:
+            self.link_out[key] += step["link_out"][key]
+            self.sync[key] += step["sync"][key]
+        self.compute_ms += max(s["compute_ms"] for s in step["stages"])
+        self.transport_ms += (max(s["link_in"]["transport_ms"] for s in step["stages"])
+                              + step["sync"]["transport_ms"] + step["link_out"]["transport_ms"])
+        count = step["sync"]["count"]
+        if self.syncs and count:  # the first step is the prefill
+            self.per_sync_ms.append(max(s["sync_ms"] for s in step["stages"]) / count)
+        self.syncs += count
+
+    def summary(self) -> dict:
+        return {"parallelism": "tensor", "stages": self.stages, "link_out": self.link_out, "syncs": self.syncs,
+                "sync": {**self.sync, "per_sync_ms": {"p50": percentile(self.per_sync_ms, 50),
+                                                      "p90": percentile(self.per_sync_ms, 90)}},
+                "hop_transport_ms": {"p50": None, "p90": None, "max": None},  # no ring hops in tensor mode
+                "compute_ms": self.compute_ms, "transport_ms": self.transport_ms}
+
+
+def tensor_reply_metrics(t0: float, prompt_tokens: int, links: list[LinkModel], seed: int, request_number: int,
+                         names: list[str], n_layers: int, hidden_size: int, itemsize: int) -> ReplyMetrics:
+    """A reply's accumulator in tensor mode: its delays drawn per tensor step, its totals as above."""
+    delays = TensorDelays(links, seed, request_number, n_layers, hidden_size * itemsize, hidden_size * SYNC_ITEMSIZE)
+    return ReplyMetrics(t0, prompt_tokens, delays, names, [[0, n_layers]] * len(names),
+                        totals=TensorTotals(names, n_layers))

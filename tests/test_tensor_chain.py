@@ -1,0 +1,174 @@
+"""Tensor mode on real sockets in one process: workers' data ports, the root's TensorChain, the link model."""
+import time
+
+import pytest
+import torch
+
+from backend.chain import WorkerFailure, WorkerSpec
+from backend.control import ControlClient
+from backend.local import free_port_pair
+from backend.tensor_chain import TensorChain
+from common.auth import HEADER, SecretSource
+from common.config import WorkerSettings
+from common.latency import LinkModel
+from common.placement import Shard
+from common.protocol import LoadAssignment, ProtocolError
+from common.tensor_links import TensorDelays, TensorStepDelays
+from common.tensor_split import tensor_shares
+from common.transport import TcpTransport, data_port
+from worker.app import create_app, serve_data_plane
+
+SECRET = "tensor-secret"
+LAYERS, HIDDEN = 4, 64  # the tiny preset
+
+
+class TensorWorker:
+    """A worker's app and data port, loaded with one rank's share of every layer."""
+
+    def __init__(self, model, share, return_address: str, dtype: str = "float32"):
+        self.name, self.port = f"worker-{share.rank + 1}", free_port_pair()
+        settings = WorkerSettings(host="127.0.0.1", port=self.port, threads=1, model_roots=(str(model.parent),),
+                                  max_frame_bytes=1 << 22, hop_timeout_s=3, secret=SecretSource(SECRET))
+        self.app = create_app(settings)
+        self.client = self.app.test_client()
+        self.listener = serve_data_plane(self.app.extensions["worker_state"], data_port(self.port))
+        assignment = LoadAssignment(self.name, share.rank, Shard(0, LAYERS), dtype, str(model), return_address,
+                                    share=share)
+        assert LoadAssignment.from_dict(assignment.to_dict()) == assignment
+        r = self.client.post("/v1/load", headers={HEADER: SECRET}, json=assignment.to_dict())
+        assert r.status_code == 202, r.json
+        deadline = time.monotonic() + 60
+        while self.client.get("/healthz").json["status"] != "ready":
+            assert time.monotonic() < deadline, self.client.get("/healthz", headers={HEADER: SECRET}).json
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.listener.stop()
+
+
+@pytest.fixture()
+def star(tiny_model):
+    root_port = free_port_pair()
+    return_address = f"127.0.0.1:{data_port(root_port)}"
+    workers = [TensorWorker(tiny_model, share, return_address) for share in tensor_shares(4, 2, 176, 2)]
+    secret = SecretSource(SECRET)
+    transport = TcpTransport("127.0.0.1", 1 << 22, secret)
+    specs = [WorkerSpec(w.name, w.url, Shard(0, LAYERS)) for w in workers]
+    chain = TensorChain(specs, transport, ControlClient(secret), LAYERS, HIDDEN, 1 << 22, hop_timeout_s=3)
+    listener = transport.serve(data_port(root_port), chain.arrive)
+    yield chain, workers, listener
+    for x in (*workers, listener):
+        x.stop()
+
+
+def stock_layers(model_dir, x, start=0):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    with torch.inference_mode():
+        pos = torch.arange(start, start + x.shape[1]).unsqueeze(0)
+        emb = model.model.rotary_emb(x, pos)
+        for layer in model.model.layers:
+            x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=emb)
+            x = x[0] if isinstance(x, tuple) else x
+    return x
+
+
+def delays(n_workers=2, broadcast=0.0, up=0.0, down=0.0, back=0.0) -> list[float]:
+    n_syncs = 2 * LAYERS
+    return TensorStepDelays((broadcast,) * n_workers, ((up,) * n_workers,) * n_syncs,
+                            ((down,) * n_workers,) * n_syncs, back).flat()
+
+
+def test_a_step_on_two_workers_equals_the_stock_layers_and_its_delays_are_slept(star, tiny_model):
+    chain, workers, _ = star
+    x = torch.randn(1, 5, HIDDEN)
+    out, timings = chain.forward("r1", x, 0, delays())
+    torch.testing.assert_close(out, stock_layers(tiny_model, x), rtol=1e-4, atol=1e-5)
+    assert timings["parallelism"] == "tensor" and timings["sync"]["count"] == 2 * LAYERS
+    # every partial and every sum crossed a link: 2 workers x 8 syncs x 2 frames of 5 x 64 float32
+    assert timings["sync"]["bytes"] > 2 * 8 * 2 * 5 * HIDDEN * 4
+    assert [s["name"] for s in timings["stages"]] == ["worker-1", "worker-2"]
+    assert all(s["compute_ms"] > 0 and s["sync_ms"] > 0 for s in timings["stages"])
+    # 3 ms on every crossing: 8 syncs x (up + down) on the critical path, slept, not counted as transport
+    started = time.perf_counter()
+    out2, timings = chain.forward("r1", x[:, :1], 5, delays(broadcast=3, up=3, down=3, back=3))
+    took_ms = (time.perf_counter() - started) * 1e3
+    assert took_ms >= 3 + 8 * 6 + 3
+    assert timings["sync"]["injected_ms"] == 8 * 6 and timings["link_out"]["injected_ms"] == 3
+    assert timings["sync"]["transport_ms"] >= 0  # one process: its threads' spinning makes the figure loose
+    assert out2.shape == (1, 1, HIDDEN)
+    for w in workers:
+        assert w.client.get("/v1/info", headers={HEADER: SECRET}).json["caches"] == ["r1"]
+
+
+def test_a_down_worker_is_named_at_once(star):
+    chain, workers, _ = star
+    workers[1].stop()
+    started = time.monotonic()
+    with pytest.raises(WorkerFailure) as failure:
+        chain.forward("r2", torch.randn(1, 2, HIDDEN), 0, delays())
+    assert failure.value.worker == "worker-2" and "worker-2" in str(failure.value)
+    assert time.monotonic() - started < 2  # worker-1, waiting on a sum, was told at once
+
+
+def test_a_worker_that_cannot_reach_the_root_is_named(star):
+    chain, workers, listener = star
+    listener.stop()  # the root's data port is gone: no partial can be summed
+    with pytest.raises(WorkerFailure, match="cannot send its partial to the root"):
+        chain.forward("r3", torch.randn(1, 2, HIDDEN), 0, delays())
+
+
+def test_the_workers_say_what_they_hold(star):
+    _, workers, _ = star
+    info = workers[1].client.get("/v1/info", headers={HEADER: SECRET}).json
+    assert info["share"] == {"rank": 1, "world": 2, "q_heads": [2, 4], "kv_heads": [1, 2], "ffn": [88, 176]}
+    assert info["layers"] == [0, LAYERS]
+    assert info["loaded_tensors"] and all(n.startswith("model.layers.") for n in info["loaded_tensors"])
+
+
+def test_a_step_draws_every_crossing_and_its_critical_path_is_the_injected_latency():
+    links = [LinkModel(min_ms=1, max_ms=1), LinkModel(min_ms=5, max_ms=5)]
+    d = TensorDelays(links, seed=0, request_number=0, n_layers=LAYERS, hidden_bytes_per_token=HIDDEN * 2,
+                     sync_bytes_per_token=HIDDEN * 4)
+    flat = d.draw_step(3 * HIDDEN * 2)
+    step = TensorStepDelays.from_flat(flat, 2, 2 * LAYERS)
+    assert step.flat() == flat and len(flat) == 2 + 2 * 8 * 2 + 1
+    assert step.broadcast == (1, 5) and step.up[0] == (1, 5) and step.back == 1  # output home on link 0
+    assert d.total_ms == 5 + 8 * (5 + 5) + 1  # the slowest link of each crossing, not the sum of all
+    with pytest.raises(ValueError, match="has 35 delays, not 3"):
+        TensorStepDelays.from_flat([0.0] * 3, 2, 2 * LAYERS)
+
+
+@pytest.mark.parametrize("share,message", [
+    ({"rank": 2, "world": 2, "q_heads": [0, 2], "kv_heads": [0, 1], "ffn": [0, 88]}, "rank 2 must be below"),
+    ({"rank": 0, "world": 2, "q_heads": [2, 2], "kv_heads": [0, 1], "ffn": [0, 88]}, "q_heads must be"),
+    ({"rank": 0, "world": 2, "q_heads": [0, 2], "kv_heads": "0-1", "ffn": [0, 88]}, "kv_heads must be a list"),
+])
+def test_a_bad_share_on_the_load_message_is_refused(share, message):
+    raw = LoadAssignment("worker-1", 0, Shard(0, 4), "float32", "/m", "127.0.0.1:9").to_dict() | {"share": share}
+    with pytest.raises(ProtocolError, match=message):
+        LoadAssignment.from_dict(raw)
+
+
+def test_a_silent_worker_is_named_by_the_sync_it_holds_up(star):
+    chain, workers, _ = star
+    state = workers[1].app.extensions["worker_state"]
+    state.compute_lock.acquire()  # worker-2 takes the step but cannot compute: it never sends a partial
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerFailure) as failure:
+            chain.forward("r4", torch.randn(1, 2, HIDDEN), 0, delays())
+        waited = time.monotonic() - started
+    finally:
+        state.compute_lock.release()
+    assert failure.value.worker == "worker-2" and failure.value.status == 504
+    assert "worker-2 did not send its partial of layer 0 attention" in str(failure.value)
+    assert 3 <= waited < 10  # the round's timeout (HOP_TIMEOUT_S=3), then a short wait for the stuck call
+    # the cluster goes on: worker-2's late partial was refused, and the next step runs on both
+    x = torch.randn(1, 3, HIDDEN)
+    out, _ = chain.forward("r5", x, 0, delays())
+    assert out.shape == (1, 3, HIDDEN)

@@ -1,0 +1,129 @@
+"""A worker's part of a tensor-parallel step (common/tensor_protocol.py has the topology).
+
+The root calls every worker's data port with the step's hidden states. The worker sleeps its
+broadcast link's delay, then runs its share of every layer (worker/tensor_slice.py); each of its
+2 x layers partials is the request of a call to the root's data port, whose reply is the sum over
+all workers. The worker sleeps both crossings of a sync (before sending the partial, after
+receiving the sum), with the delays the root drew and sent in the TensorStep. It answers the root's
+call with its TensorRecord (worker 1 with the output too), or with a StepError naming who failed.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from common.frame import FrameError, decode_frame, encode_frame
+from common.latency import sleep_exactly
+from common.protocol import ProtocolError, StepError
+from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
+
+from .caches import CacheFull
+from .tensor_slice import TensorSlice
+
+
+class SyncFailed(Exception):
+    """A synchronisation that did not come back with a sum; carries the StepError to answer with."""
+
+    def __init__(self, error: StepError):
+        super().__init__(error.message)
+        self.error = error
+
+
+class Syncs:
+    """This worker's all-reduce for one step: partial -> the root -> the sum over all workers."""
+
+    def __init__(self, state, step: TensorStep):
+        self.state, self.step = state, step
+        self.a = state.assignment
+        self.count = 0
+        self.sync_ms = 0.0            # wall time in syncs: links, injected delays, waiting for the slowest
+        self.down_transport_ms = 0.0
+        # The root waits HOP_TIMEOUT_S for the other partials, then answers; its own delays come on top.
+        self.timeout_s = 3 * state.settings.hop_timeout_s
+
+    def __call__(self, partial: torch.Tensor) -> torch.Tensor:
+        a, index = self.a, self.count
+        if index >= len(self.step.up_ms):
+            raise SyncFailed(StepError(400, f"{a.name}: the step carries {len(self.step.up_ms)} syncs' delays, "
+                                            f"this share has more layers", a.name))
+        started = time.perf_counter()
+        if self.step.up_ms[index] > 0:
+            sleep_exactly(self.step.up_ms[index] / 1e3)  # the partial's link: waited by its sender, arrives late
+        header = SyncPartial(self.step.request_id, self.step.step, index, a.share.rank, time.time_ns())
+        frame = encode_frame(header.to_dict(), partial.to(torch.float32))
+        where = f"{sync_label(index)} of step {self.step.step}"
+        try:
+            reply = self.state.transport.peer(a.next_address).call(frame, self.timeout_s)
+        except TimeoutError:
+            raise SyncFailed(StepError(504, f"{a.name}: the root ({a.next_address}) did not answer {where} "
+                                            f"within {self.timeout_s:g} s", a.name, a.next_address)) from None
+        except (OSError, FrameError) as exc:
+            raise SyncFailed(StepError(502, f"{a.name}: cannot reach the root ({a.next_address}) for {where}: "
+                                            f"{type(exc).__name__}", a.name, a.next_address)) from None
+        recv_ns = time.time_ns()
+        try:
+            raw, total = decode_frame(reply, self.state.settings.max_frame_bytes)
+            if "error" in raw:
+                raise SyncFailed(StepError.from_dict(raw))  # the root says who failed: passed on as it is
+            answer = SyncSum.from_dict(raw)
+            if total is None or total.shape != partial.shape:
+                raise ProtocolError(f"the sum of {where} is not shaped like the partial {tuple(partial.shape)}")
+        except (FrameError, ProtocolError) as exc:
+            raise SyncFailed(StepError(502, f"{a.name}: the root sent a bad sum: {exc}", a.name)) from None
+        self.down_transport_ms += max(0.0, (recv_ns - answer.sent_ns) / 1e6)
+        if self.step.down_ms[index] > 0:
+            sleep_exactly(self.step.down_ms[index] / 1e3)  # the sum's link back: its receiver waits it
+        self.count += 1
+        self.sync_ms += (time.perf_counter() - started) * 1e3
+        return total
+
+
+def _error(status: int, message: str, worker: str | None) -> bytes:
+    return encode_frame(StepError(status, message, worker=worker).to_dict(), None)
+
+
+def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
+    """The data plane's step in tensor mode: the answer to the root's broadcast call."""
+    a, sl = state.assignment, state.slice
+    if state.status != "ready" or not isinstance(sl, TensorSlice) or a is None or a.share is None:
+        return _error(503, f"worker is {state.status}, not ready for a tensor step", a.name if a else None)
+    try:
+        raw, hidden = decode_frame(data, state.settings.max_frame_bytes)
+        step = TensorStep.from_dict(raw)
+        if hidden is None or hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[2] != sl.hidden_size:
+            raise FrameError(f"hidden states must have shape (1, T, {sl.hidden_size})")
+    except (FrameError, ProtocolError) as exc:
+        return _error(400, f"bad frame: {exc}", a.name)
+    if step.delay_ms > 0:
+        sleep_exactly(step.delay_ms / 1e3)  # the broadcast link's injected latency
+    syncs = Syncs(state, step)
+    compute_ms = 0.0
+    try:
+        with state.compute_lock:
+            cache = state.caches.get_or_create(step.request_id, step.start_pos)
+        run = sl.forward_steps(hidden, cache, step.start_pos)
+        message = None  # the first call starts the coroutine; then each sum is sent in
+        while True:
+            # The device computes one thing at a time; it is free while this step waits on a sync.
+            with state.compute_lock:
+                started = time.perf_counter()
+                try:
+                    partial = next(run) if message is None else run.send(message)
+                except StopIteration as done:
+                    out = done.value
+                    compute_ms += (time.perf_counter() - started) * 1e3
+                    break
+                compute_ms += (time.perf_counter() - started) * 1e3
+            message = syncs(partial)
+    except SyncFailed as exc:
+        return encode_frame(exc.error.to_dict(), None)
+    except CacheFull as exc:
+        return _error(429, str(exc), a.name)
+    except (KeyError, ValueError) as exc:  # a cache out of step with the root's positions
+        return _error(409, f"{a.name}: {str(exc).strip(chr(39) + chr(34))}", a.name)
+    record = TensorRecord(name=a.name, rank=a.share.rank, recv_ns=recv_ns, sent_ns=time.time_ns(),
+                          delay_ms=step.delay_ms, compute_ms=compute_ms, syncs=syncs.count, sync_ms=syncs.sync_ms,
+                          down_transport_ms=syncs.down_transport_ms, bytes_in=len(data))
+    # Every worker holds the same output; worker 1's goes home for the LM head.
+    return encode_frame(record.to_dict(), out.contiguous() if a.share.rank == 0 else None)
