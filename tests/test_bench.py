@@ -103,15 +103,22 @@ def test_hop_table_names_links_and_gives_decode_transport_per_step():
 
 
 def test_judge_reports_each_target_honestly():
-    w = lambda ratio, hop, rss: {"ratio_to_generate": ratio, "fraction_of_ceiling": 0.5,  # noqa: E731
-                                 "hop_transport_ms": {"p50": hop},
-                                 "memory": [{"peak_rss_bytes": rss, "budget_bytes": 1000}]}
-    t = judge({"dtype": "float32", "workers": {"1": w(1.05, 0.3, 900), "4": w(0.8, 0.7, 1200)}})
+    w = lambda ratio, hop, rss, back=1.0: {"ratio_to_generate": ratio, "fraction_of_ceiling": 0.5,  # noqa: E731
+                                           "hop_transport_ms": {"p50": hop},
+                                           "link_transport_ms": {"return_over_forward": back},
+                                           "memory": [{"peak_rss_bytes": rss, "budget_bytes": 1000}]}
+    t = judge({"dtype": "float32", "workers": {"1": w(1.05, 0.3, 900), "4": w(0.8, 0.7, 1200, back=2.5)}})
     assert t["decode_1_worker_vs_generate"]["met"] is True
     assert t["decode_4_workers_vs_generate"]["met"] is False
     assert t["hop_transport_p50_ms"] == {"value": 0.7, "target": 0.5, "met": False}
     assert t["worker_peak_rss_over_budget"]["value"] == pytest.approx(1.2)
     assert t["float32_fraction_of_ceiling"]["met"] is False
+    # the ring's return link against a forward hop: the worst worker count counts
+    assert t["return_link_within_2x_of_a_forward_hop"] == {"value": 2.5, "target": 2.0, "met": False}
+    assert "decode_vs_baseline" not in t
+    against = judge({"dtype": "float32", "workers": {"4": w(1.0, 0.3, 900)},
+                     "vs_baseline": {"4": {"decode_tok_s_ratio": 0.97}}})
+    assert against["decode_vs_baseline"] == {"value": 0.97, "target": 1.0, "met": False}
     assert "float32_fraction_of_ceiling" not in judge({"dtype": "bfloat16", "workers": {"1": w(1, 0.1, 1)}})
 
 

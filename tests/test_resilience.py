@@ -4,7 +4,6 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from .conftest import start_cluster
