@@ -77,9 +77,11 @@ class ComposeCluster:
                             + self.compose("logs", "--tail", "40", check=False).stdout) from None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def compose_cluster():
-    """Root + 2 workers on the tiny synthetic model, through compose on the real engine."""
+    """Root + 2 workers on the tiny synthetic model, through compose on the real engine.
+
+    Per module, not per session: it holds 127.0.0.1:3001, which the swarm test's stack needs after it."""
     import json
     import time
 

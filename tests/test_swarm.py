@@ -90,6 +90,12 @@ def swarm():
     if run("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() != "inactive":
         pytest.fail("this engine is already in a swarm: the test will not take it over (docker swarm leave --force)")
     run("docker", "image", "inspect", "docker-distributed-llm:local")  # stack deploy does not build
+    try:  # the stack publishes 3001: anything answering there now would be mistaken for it
+        taken = requests.get(URL + "/healthz", timeout=2)
+    except requests.RequestException:
+        taken = None
+    if taken is not None:
+        pytest.fail(f"{URL} already answers ({taken.status_code}): stop what holds port 3001 first")
     secret = secrets.token_hex(32)
     try:
         run("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
