@@ -33,18 +33,24 @@ _handed_out: set[int] = set()  # ports given to a process of this one: free now,
 PORT_RANGE = (20000, 32000)
 
 
+def _take(port: int) -> bool:
+    """Reserve a port for a process of this one: free now and not handed out before."""
+    if port in _handed_out or port > 65535:
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    _handed_out.add(port)
+    return True
+
+
 def free_port() -> int:
     for _ in range(1000):
         port = random.randrange(*PORT_RANGE)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+        if _take(port):
+            return port
     raise RuntimeError("found no free port")
 
 
@@ -52,16 +58,8 @@ def free_port_pair() -> int:
     """A free port whose data port is free too: the process serves HTTP on it and its data plane beside it."""
     for _ in range(100):
         port = free_port()
-        data = data_port(port)
-        if data > 65535 or data in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", data))
-            except OSError:
-                continue
-        _handed_out.add(data)
-        return port
+        if _take(data_port(port)):
+            return port
     raise RuntimeError("found no pair of free ports")
 
 

@@ -10,49 +10,27 @@ from backend.chain import Chain, WorkerFailure, WorkerSpec
 from backend.control import ControlClient
 from backend.local import free_port_pair
 from common.auth import HEADER, SecretSource
-from common.config import WorkerSettings
 from common.frame import decode_frame, encode_frame
 from common.placement import Shard
 from common.protocol import LoadAssignment, StepHeader
 from common.transport import TcpTransport, data_port, split_address
 from common.wire import read_message, write_message
-from worker.app import create_app, serve_data_plane
+
+from .inprocess import InProcessWorker
 
 SECRET = "s3cret-for-tests"
 
 
-class InProcessWorker:
-    """A worker's app and data port, as `python -m worker` serves them, on free ports of this process."""
-
-    def __init__(self, model, name: str, index: int, shard: Shard, next_address: str, secret: str = SECRET):
-        self.name, self.port = name, free_port_pair()
-        self.settings = WorkerSettings(host="127.0.0.1", port=self.port, threads=1, model_roots=(str(model.parent),),
-                                       max_frame_bytes=1 << 22, secret=SecretSource(secret))
-        self.app = create_app(self.settings)
-        self.client = self.app.test_client()
-        self.listener = serve_data_plane(self.app.extensions["worker_state"], data_port(self.port))
-        r = self.client.post("/v1/load", headers={HEADER: secret},
-                             json=LoadAssignment(name, index, shard, "float32", str(model), next_address).to_dict())
-        assert r.status_code == 202, r.json
-        deadline = time.monotonic() + 60
-        while self.client.get("/healthz").json["status"] != "ready":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.listener.stop()
+def worker(model, name: str, index: int, shard: Shard, next_address: str) -> InProcessWorker:
+    return InProcessWorker(model, LoadAssignment(name, index, shard, "float32", str(model), next_address), SECRET)
 
 
 @pytest.fixture()
 def ring(tiny_model):
     root_port = free_port_pair()
     return_address = f"127.0.0.1:{data_port(root_port)}"
-    second = InProcessWorker(tiny_model, "worker-2", 1, Shard(2, 4), return_address)
-    first = InProcessWorker(tiny_model, "worker-1", 0, Shard(0, 2), f"127.0.0.1:{data_port(second.port)}")
+    second = worker(tiny_model, "worker-2", 1, Shard(2, 4), return_address)
+    first = worker(tiny_model, "worker-1", 0, Shard(0, 2), f"127.0.0.1:{data_port(second.port)}")
     secret = SecretSource(SECRET)
     transport = TcpTransport("127.0.0.1", 1 << 22, secret)
     specs = [WorkerSpec(first.name, first.url, Shard(0, 2)), WorkerSpec(second.name, second.url, Shard(2, 4))]
@@ -137,7 +115,7 @@ def test_an_http_worker_refuses_without_the_secret_over_the_network(tiny_model):
     import threading
 
     from werkzeug.serving import make_server
-    w = InProcessWorker(tiny_model, "worker-1", 0, Shard(0, 4), "127.0.0.1:9")
+    w = worker(tiny_model, "worker-1", 0, Shard(0, 4), "127.0.0.1:9")
     server = make_server("127.0.0.1", 0, w.app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -9,52 +9,32 @@ from backend.control import ControlClient
 from backend.local import free_port_pair
 from backend.tensor_chain import TensorChain
 from common.auth import HEADER, SecretSource
-from common.config import WorkerSettings
 from common.latency import LinkModel
 from common.placement import Shard
 from common.protocol import LoadAssignment, ProtocolError
 from common.tensor_links import TensorDelays, TensorStepDelays
 from common.tensor_split import tensor_shares
 from common.transport import TcpTransport, data_port
-from worker.app import create_app, serve_data_plane
+
+from .inprocess import InProcessWorker
 
 SECRET = "tensor-secret"
 LAYERS, HIDDEN = 4, 64  # the tiny preset
 
 
-class TensorWorker:
-    """A worker's app and data port, loaded with one rank's share of every layer."""
-
-    def __init__(self, model, share, return_address: str, dtype: str = "float32"):
-        self.name, self.port = f"worker-{share.rank + 1}", free_port_pair()
-        settings = WorkerSettings(host="127.0.0.1", port=self.port, threads=1, model_roots=(str(model.parent),),
-                                  max_frame_bytes=1 << 22, hop_timeout_s=3, secret=SecretSource(SECRET))
-        self.app = create_app(settings)
-        self.client = self.app.test_client()
-        self.listener = serve_data_plane(self.app.extensions["worker_state"], data_port(self.port))
-        assignment = LoadAssignment(self.name, share.rank, Shard(0, LAYERS), dtype, str(model), return_address,
-                                    share=share)
-        assert LoadAssignment.from_dict(assignment.to_dict()) == assignment
-        r = self.client.post("/v1/load", headers={HEADER: SECRET}, json=assignment.to_dict())
-        assert r.status_code == 202, r.json
-        deadline = time.monotonic() + 60
-        while self.client.get("/healthz").json["status"] != "ready":
-            assert time.monotonic() < deadline, self.client.get("/healthz", headers={HEADER: SECRET}).json
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.listener.stop()
+def tensor_worker(model, share, return_address: str, dtype: str = "float32") -> InProcessWorker:
+    """A worker loaded with one rank's share of every layer."""
+    assignment = LoadAssignment(f"worker-{share.rank + 1}", share.rank, Shard(0, LAYERS), dtype, str(model),
+                                return_address, share=share)
+    assert LoadAssignment.from_dict(assignment.to_dict()) == assignment
+    return InProcessWorker(model, assignment, SECRET, hop_timeout_s=3)
 
 
 @pytest.fixture()
 def star(tiny_model):
     root_port = free_port_pair()
     return_address = f"127.0.0.1:{data_port(root_port)}"
-    workers = [TensorWorker(tiny_model, share, return_address) for share in tensor_shares(4, 2, 176, 2)]
+    workers = [tensor_worker(tiny_model, share, return_address) for share in tensor_shares(4, 2, 176, 2)]
     secret = SecretSource(SECRET)
     transport = TcpTransport("127.0.0.1", 1 << 22, secret)
     specs = [WorkerSpec(w.name, w.url, Shard(0, LAYERS)) for w in workers]
