@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="replies sent first and not measured")
     ap.add_argument("--against", default="", help="another checkout of this project (e.g. a git worktree of the "
                     "previous release): its cluster runs beside this one's, the replies in turn, as the baseline")
+    ap.add_argument("--baseline-first", action="store_true",
+                    help="with --against: the baseline's reply first in each pair (the first loses a few %%)")
     args = ap.parse_args(argv)
     quiet_env()
     model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
@@ -142,9 +144,10 @@ def main(argv=None) -> int:
     runs, baseline = {}, {}
     LOGS.mkdir(parents=True, exist_ok=True)
     repos = (REPO, Path(args.against).resolve()) if args.against else (REPO,)
+    order = slice(None, None, -1) if args.against and args.baseline_first else slice(None)
     for n in [int(x) for x in args.workers.split(",")]:
         both = local_runs(model, n, args.threads, args.dtype, prompt, args.tokens, args.repeats, args.warmup,
-                          prefill_too=True, repos=repos, log_dir=LOGS)
+                          prefill_too=True, repos=repos[order], log_dir=LOGS)[order]
         runs[n] = both[0]
         if args.against:
             baseline[n] = both[1]
@@ -162,6 +165,7 @@ def main(argv=None) -> int:
                           for n, (replies, memory) in runs.items()}}
     if args.against:
         result["against"] = str(Path(args.against).resolve())
+        result["baseline_first"] = args.baseline_first
         result["baseline_workers"] = {str(n): summarize_workers(replies, memory, hf["decode_tok_s"]["median"], ceiling)
                                       for n, (replies, memory) in baseline.items()}
         result["vs_baseline"] = {n: {"decode_tok_s_ratio": stats.ratio(w["decode_tok_s"]["median"],
