@@ -9,7 +9,7 @@ import uuid
 from flask import request
 
 from .chain import WorkerFailure
-from .generation import Event, Reply, generate
+from .generation import Event, Reply, TokenEvent, generate
 from .runtime import Runtime
 from .validation import BadRequest, GenerateRequest
 
@@ -107,7 +107,6 @@ class Run:
 
     def tokens(self):
         """(token id, new text) per token, for callers that show only tokens."""
-        from .generation import TokenEvent
         for event in self.events():
             if isinstance(event, TokenEvent):
                 yield event.token, event.text

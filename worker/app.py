@@ -25,7 +25,7 @@ from common.errors import error_response
 from common.frame import FrameError, decode_frame, encode_frame
 from common.latency import sleep_exactly
 from common.placement import memory_report
-from common.protocol import (REQUEST_ID, Ack, LoadAssignment, ProtocolError, StageRecord, StepError, StepHeader,
+from common.protocol import (REQUEST_ID, LoadAssignment, ProtocolError, StageRecord, StepError, StepHeader,
                              WorkerHealth, reply_from_dict)
 from common.selfstats import container_stats
 from common.transport import TcpTransport, Transport, data_port
@@ -251,12 +251,10 @@ def ring_step(state: WorkerState, data: bytes, recv_ns: int) -> bytes:
     except (OSError, FrameError) as exc:
         return _error(502, f"{a.name}: cannot reach the next hop ({a.next_address}): {type(exc).__name__}", a)
     try:
-        answer = reply_from_dict(decode_frame(reply, settings.max_frame_bytes)[0])
+        reply_from_dict(decode_frame(reply, settings.max_frame_bytes)[0])  # an Ack, or a failure further on
     except (FrameError, ProtocolError) as exc:
         return encode_frame(StepError(502, f"{a.name}: the next hop sent a bad answer: {exc}", worker=a.name).to_dict(), None)
-    if isinstance(answer, StepError):
-        return encode_frame(answer.to_dict(), None)  # a failure further on: passed back as it is
-    return encode_frame(Ack().to_dict(), None)
+    return reply  # checked, then passed back as it is: no second encoding on every hop of every step
 
 
 def _error(status: int, message: str, a: LoadAssignment) -> bytes:
