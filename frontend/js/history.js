@@ -4,7 +4,7 @@ import { $, cssVar, el } from "./dom.js";
 import { fmt, isNum } from "./format.js";
 import { timeAxis } from "./axes.js";
 import { renderChart } from "./charts.js";
-import { CSV_COLUMNS, HISTORY_COLUMNS, metricFields } from "./metrics.js";
+import { CSV_COLUMNS, historyColumns, metricFields } from "./metrics.js";
 
 export const HISTORY_KEY = "ddllm.history.v1";  // sessionStorage: the runs of this tab survive a reload
 
@@ -61,9 +61,10 @@ export function clearHistory() {
   renderHistory();
 }
 
-export function buildHistoryHead() {
+// The columns follow the runs held (a tensor run adds its sync columns): rebuilt with the rows.
+function buildHistoryHead(columns) {
   $("history").tHead.replaceChildren(el("tr", {},
-    ...HISTORY_COLUMNS.map(([key, header, digits]) =>
+    ...columns.map(([key, header, digits]) =>
       el("th", { scope: "col", "data-col": key, class: digits === null ? null : "num", text: header }))));
 }
 
@@ -73,8 +74,10 @@ function cellDigits(value, digits) {
 }
 
 export function renderHistory() {
+  const columns = historyColumns(history);
+  buildHistoryHead(columns);
   const rows = history.map((record) => el("tr", { "data-run": String(record.run), "data-finish": record.finish_reason },
-    ...HISTORY_COLUMNS.map(([key, , digits]) => {
+    ...columns.map(([key, , digits]) => {
       const value = record[key];
       if (key === "prompt") {
         const text = String(value || "");

@@ -18,14 +18,13 @@
 import { $ } from "./dom.js";
 import { clearError } from "./errors.js";
 import { clearInvalid, scheduleTokenCount } from "./form.js";
-import { buildHistoryHead, clearHistory, download, drawHistoryChart, exportName, historyCsv, historyJson, loadHistory, renderHistory } from "./history.js";
+import { clearHistory, download, drawHistoryChart, exportName, historyCsv, historyJson, loadHistory, renderHistory } from "./history.js";
 import { buildMetrics, isRunning, startGeneration, stopGeneration } from "./reply.js";
 import { startPolling } from "./cluster.js";
 import { closeView } from "./stats.js";
 
 function init() {
   buildMetrics();
-  buildHistoryHead();
   loadHistory();
   renderHistory();
 

@@ -6,7 +6,7 @@ import { HttpError, describeHttpError, errorMessage, fetchWithTimeout } from "./
 import { readEventStream } from "./stream.js";
 import { clearError, showError } from "./errors.js";
 import { clearInvalid, markInvalid, readForm } from "./form.js";
-import { METRICS, metricValue } from "./metrics.js";
+import { METRICS, metricValue, shownFor } from "./metrics.js";
 import { clearTimeline, renderTimeline } from "./timeline.js";
 import { addHistory, historyRecord, lastRunNumber } from "./history.js";
 
@@ -24,7 +24,7 @@ export function isRunning() {
 // Metric tiles
 
 export function buildMetrics() {
-  const item = (m) => el("div", { class: m.tile === "main" ? "metric" : "metric secondary" },
+  const item = (m) => el("div", { class: m.tile === "main" ? "metric" : "metric secondary", hidden: Boolean(m.only) },
     el("dt", { text: m.unit ? `${m.label} (${m.unit})` : m.label }),
     el("dd", { "data-metric": m.key, "data-digits": String(m.digits), text: "—" }));
   const tiles = [...METRICS.filter((m) => m.tile === "main"), ...METRICS.filter((m) => m.tile === "more")];
@@ -32,7 +32,9 @@ export function buildMetrics() {
 }
 
 function renderMetrics(metrics) {
+  const parallelism = metrics ? metrics.parallelism : null;
   for (const dd of $("metrics").querySelectorAll("[data-metric]")) {
+    dd.parentElement.hidden = !shownFor(dd.dataset.metric, parallelism);  // tensor-only tiles
     const value = metricValue(metrics, dd.dataset.metric);
     dd.textContent = fmt(value, Number(dd.dataset.digits));
     if (isNum(value)) dd.dataset.value = String(value);

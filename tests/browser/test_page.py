@@ -450,6 +450,14 @@ def test_timeline_uses_the_server_figures_and_lists_every_link(local_cluster, pa
     root = page.locator('#timeline [data-stage="root"]')
     assert float(root.get_attribute("data-other-ms")) == pytest.approx(metrics["root_other_ms"])
     expect(page.locator('#timeline [data-stage="recovery"]')).to_have_count(0)  # nothing failed
+    # A pipeline reply has no sync part: no sync segments, rows, tiles, columns or per-worker table.
+    assert metrics["parallelism"] == "pipeline" and metrics["syncs"] == 0
+    expect(page.locator('#timeline .seg[data-kind^="sync"]')).to_have_count(0)
+    expect(page.locator('#timeline [data-stage="syncs"]')).to_have_count(0)
+    expect(page.locator("#timeline .timeline-summary")).not_to_contain_text("sync")
+    expect(page.locator("#worker-table")).to_have_count(0)
+    expect(page.locator('#metrics [data-metric^="sync"]').first).to_be_hidden()
+    expect(page.locator('#history th[data-col^="sync"], #history th[data-col="parallelism"]')).to_have_count(0)
     links = page.locator("#link-table tbody tr")
     assert [links.nth(i).get_attribute("data-link") for i in range(links.count())] == ["link-1", "link-2", "link-out"]
     expected = [s["link_in"] for s in metrics["stages"]] + [metrics["link_out"]]
