@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from common.gemv import linear as gemv_linear
-from common.model_info import load_config
+from common.model_info import load_config, model_family
 from common.dtypes import torch_dtype
 from common.weights import WeightIndex
 
@@ -20,12 +19,15 @@ class HeadModel:
         self.config = load_config(model_dir)
         self.dtype = torch_dtype(dtype_name)
         index = WeightIndex(model_dir)
-        tied = LM_HEAD not in index.names()  # tied embeddings (Llama 3.2): one tensor serves both
+        # Tied embeddings (Llama 3.2, Qwen3 up to 4B): one tensor serves both, as HF ties them, even when a
+        # checkpoint also stores an lm_head.weight copy; a folder without an lm_head.weight is read as tied.
+        tied = self.config.tie_word_embeddings or LM_HEAD not in index.names()
         tensors = index.load([EMBED, NORM] + ([] if tied else [LM_HEAD]), self.dtype)
         self.loaded_tensor_names = sorted(tensors)
         self.embed_weight = tensors[EMBED]
         self.lm_head_weight = tensors[EMBED] if tied else tensors[LM_HEAD]
-        self.norm = LlamaRMSNorm(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        rms_norm = model_family(self.config).classes().rms_norm
+        self.norm = rms_norm(self.config.hidden_size, eps=self.config.rms_norm_eps)
         self.norm.weight = torch.nn.Parameter(tensors[NORM], requires_grad=False)
         self.weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
 

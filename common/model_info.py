@@ -6,13 +6,31 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .model_family import FAMILIES, ModelFamily, UnsupportedModel, family_of
+
 
 def load_config(model_dir: str | Path) -> PretrainedConfig:
+    """The model's config; UnsupportedModel (naming its model_type and the supported ones) for a model
+    this project cannot slice. Every process reads the config here first, so every one refuses alike."""
+    path = Path(model_dir) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        family_of(raw)  # before AutoConfig, which fails less clearly on a model_type transformers lacks
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"{Path(model_dir).name}: {exc}") from None
     config = AutoConfig.from_pretrained(str(model_dir))
     # Slices are built from bare decoder layers: pick the attention kernel HF generate uses by
     # default, so that both compute the same numbers (eager without a mask would not be causal).
     config._attn_implementation = "sdpa"
     return config
+
+
+def model_family(config: PretrainedConfig) -> ModelFamily:
+    """The family of a config load_config accepted: which stock classes build its layers and norms."""
+    return FAMILIES[config.model_type]
 
 
 def synthetic_marker(model_dir: str | Path) -> dict | None:

@@ -3,20 +3,21 @@
 Each check returns a list of problems (empty: fine), so callers can show them all at once.
 They need neither torch nor the network.
 
-Sliceable families: the workers rebuild decoder layers from `model.layers.N.*` tensors named and
-shaped as Llama's (q/k/v/o projections without bias, SwiGLU gate/up/down, two RMSNorms).
-Llama (TinyLlama, Llama 2/3.x, ...) and Mistral share exactly that layout. Families that look close
-but are not (Qwen2's q/k/v biases, Gemma's scaled embeddings and norm offsets, Phi-3's fused
-projections) would load with missing or unexpected tensors, so they are refused up front.
+Sliceable families are the table of common/model_family.py (Llama: TinyLlama, Llama 2/3.x; Qwen3
+dense): the workers rebuild their decoder layers from `model.layers.N.*` tensors. Families that look
+close but are not (Mistral's sliding window, Qwen2's q/k/v biases, Gemma's scaled embeddings and norm
+offsets, Phi-3's fused projections) would compute something else or load with missing or unexpected
+tensors, so they are refused up front, with what is missing, as the root and the workers refuse them.
 """
 
 import json
 from pathlib import Path
 
+from common.model_family import family_problems
+
 from .presets import preset_from_config, weight_shapes
 from .safetensors_stream import tensor_shapes
 
-SLICEABLE_MODEL_TYPES = ("llama", "mistral")
 REQUIRED_SIZES = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 INDEX_FILE = "model.safetensors.index.json"
@@ -25,15 +26,13 @@ MAX_LISTED = 5  # name a few missing tensors, not hundreds
 
 
 def check_sliceable(config: dict) -> list[str]:
-    """Problems that stop us slicing a model with this config.json; [] when it is a decoder-only Llama."""
+    """Problems that stop us slicing a model with this config.json; [] when it is a decoder-only model of a
+    supported family."""
     problems = []
     model_type = config.get("model_type")
     if config.get("is_encoder_decoder"):
         problems.append(f"model_type {model_type!r} is encoder-decoder; only decoder-only models can be sliced")
-    if model_type not in SLICEABLE_MODEL_TYPES:
-        problems.append(
-            f"model_type {model_type!r} is not supported; sliceable families: {', '.join(SLICEABLE_MODEL_TYPES)}"
-        )
+    problems += family_problems(config)
     architectures = config.get("architectures") or []
     if not any(name.endswith("ForCausalLM") for name in architectures):
         problems.append(f"architectures {architectures} has no ...ForCausalLM (a text-generation head is needed)")

@@ -1,10 +1,12 @@
-"""Named model shapes: a tiny one for tests and the real shapes of the models we simulate.
+"""Named model shapes: tiny ones for tests and the real shapes of the models we simulate.
 
 The arithmetic helpers are pure and import nothing heavy, so the root and the workers can use them
 for memory estimates without loading transformers.
 """
 
 from dataclasses import dataclass
+
+from common.model_family import FAMILIES
 
 # Bytes per element of the storage dtypes we write or expect to read.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -24,12 +26,13 @@ class Llama3RopeScaling:
 class ModelPreset:
     name: str
     description: str  # one line, shown by `python -m model_downloader presets`
+    model_type: str  # config.json's model_type: a family of common/model_family.py (llama, qwen3)
     hidden_size: int
     intermediate_size: int  # width of the SwiGLU MLP
     num_hidden_layers: int  # the decoder layers the workers share out
     num_attention_heads: int
     num_key_value_heads: int  # fewer than num_attention_heads: grouped-query attention
-    head_dim: int
+    head_dim: int  # set explicitly: Qwen3's is 128 whatever hidden / heads is
     vocab_size: int  # rows of embed_tokens / lm_head; the synthetic tokenizer has exactly this many
     max_position_embeddings: int
     rope_theta: float
@@ -51,6 +54,7 @@ PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(
         name="tiny",
         description="Test-sized Llama (4 layers, GQA, 4096-token vocab); made in about a second",
+        model_type="llama",
         hidden_size=64,
         intermediate_size=176,
         num_hidden_layers=4,
@@ -72,6 +76,7 @@ PRESETS: dict[str, ModelPreset] = {
     "tinyllama-1.1b": ModelPreset(
         name="tinyllama-1.1b",
         description="Shape of TinyLlama/TinyLlama-1.1B-Chat-v1.0 (22 layers, untied lm_head)",
+        model_type="llama",
         hidden_size=2048,
         intermediate_size=5632,
         num_hidden_layers=22,
@@ -93,6 +98,7 @@ PRESETS: dict[str, ModelPreset] = {
     "llama-3.2-1b": ModelPreset(
         name="llama-3.2-1b",
         description="Shape of meta-llama/Llama-3.2-1B (16 layers, tied embeddings, 128k vocab)",
+        model_type="llama",
         hidden_size=2048,
         intermediate_size=8192,
         num_hidden_layers=16,
@@ -114,6 +120,7 @@ PRESETS: dict[str, ModelPreset] = {
     "llama-3.2-3b": ModelPreset(
         name="llama-3.2-3b",
         description="Shape of meta-llama/Llama-3.2-3B (28 layers, tied embeddings, 128k vocab)",
+        model_type="llama",
         hidden_size=3072,
         intermediate_size=8192,
         num_hidden_layers=28,
@@ -132,11 +139,79 @@ PRESETS: dict[str, ModelPreset] = {
         eos_token="<|end_of_text|>",
         dtype="bfloat16",
     ),
+    "tiny-qwen3": ModelPreset(
+        name="tiny-qwen3",
+        description="Test-sized Qwen3 (4 layers, GQA, head_dim 32 != hidden/heads, q/k norms, tied embeddings)",
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # like Qwen3's 128: the heads together are wider (128) than the hidden size (64)
+        vocab_size=4096,
+        max_position_embeddings=2048,
+        rope_theta=1000000.0,
+        rope_scaling=None,
+        tie_word_embeddings=True,  # as the small Qwen3s: the root's tied LM head is tested with Qwen3
+        rms_norm_eps=1e-6,
+        bos_token_id=4093,  # near the end of the vocabulary, as Qwen's are (151643, 151645 of 151936)
+        eos_token_id=4095,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        dtype="float32",  # tiny anyway; float32 keeps test comparisons exact
+    ),
+    # Qwen/Qwen3-0.6B and Qwen/Qwen3-1.7B config.json (transformers 4.51): rope_theta 1e6, no rope
+    # scaling, rms_norm_eps 1e-6, no sliding window, bos 151643 (<|endoftext|>), eos 151645 (<|im_end|>).
+    "qwen3-0.6b": ModelPreset(
+        name="qwen3-0.6b",
+        description="Shape of Qwen/Qwen3-0.6B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)",
+        model_type="qwen3",
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rope_scaling=None,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        dtype="bfloat16",
+    ),
+    "qwen3-1.7b": ModelPreset(
+        name="qwen3-1.7b",
+        description="Shape of Qwen/Qwen3-1.7B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)",
+        model_type="qwen3",
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rope_scaling=None,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        dtype="bfloat16",
+    ),
 }
 
 
 def preset_from_config(config: dict, name: str = "custom") -> ModelPreset:
-    """The shape of a Llama-family config.json (e.g. a fetched model), for weight_shapes and sizes."""
+    """The shape of a config.json of a supported family (e.g. a fetched model), for weight_shapes and sizes."""
     heads = config["num_attention_heads"]
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -152,6 +227,7 @@ def preset_from_config(config: dict, name: str = "custom") -> ModelPreset:
     return ModelPreset(
         name=name,
         description=f"from config.json ({config.get('model_type', '?')})",
+        model_type=config["model_type"],
         hidden_size=config["hidden_size"],
         intermediate_size=config["intermediate_size"],
         num_hidden_layers=config["num_hidden_layers"],
@@ -197,10 +273,13 @@ def rope_parameters(preset: ModelPreset) -> dict:
 
 
 def preset_config(preset: ModelPreset):
-    """The `transformers.LlamaConfig` for this shape (imported here: transformers is slow to import)."""
-    from transformers import LlamaConfig
+    """The transformers config of this shape's family, e.g. a `Qwen3Config` (imported here: transformers
+    is slow to import)."""
+    from transformers import AutoConfig
 
-    config = LlamaConfig(
+    family = FAMILIES[preset.model_type]
+    config = AutoConfig.for_model(
+        preset.model_type,
         vocab_size=preset.vocab_size,
         hidden_size=preset.hidden_size,
         intermediate_size=preset.intermediate_size,
@@ -214,45 +293,52 @@ def preset_config(preset: ModelPreset):
         tie_word_embeddings=preset.tie_word_embeddings,
         bos_token_id=preset.bos_token_id,
         eos_token_id=preset.eos_token_id,
-        architectures=["LlamaForCausalLM"],
+        architectures=[family.causal_lm],
         dtype=preset.dtype,
+        **_family_fields(preset),
     )
     return config
 
 
+def _family_fields(preset: ModelPreset) -> dict:
+    if preset.model_type == "qwen3":
+        # Full attention in every layer, as the real configs say: the workers run no sliding window.
+        return {"use_sliding_window": False, "sliding_window": None,
+                "max_window_layers": preset.num_hidden_layers}
+    return {}
+
+
 def weight_shapes(preset: ModelPreset) -> dict[str, tuple[int, ...]]:
-    """Every tensor name -> shape, named as `LlamaForCausalLM.save_pretrained` names them."""
-    hidden, inter = preset.hidden_size, preset.intermediate_size
-    q_width = preset.num_attention_heads * preset.head_dim
-    kv_width = preset.num_key_value_heads * preset.head_dim
+    """Every tensor name -> shape, named as the family's `...ForCausalLM.save_pretrained` names them."""
+    hidden = preset.hidden_size
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (preset.vocab_size, hidden)}
     for layer in range(preset.num_hidden_layers):
-        shapes.update(
-            {
-                f"{prefix}.weight": shape
-                for prefix, shape in _layer_shapes(hidden, inter, q_width, kv_width, layer).items()
-            }
-        )
+        shapes.update(_layer_shapes(preset, layer))
     shapes["model.norm.weight"] = (hidden,)
     if not preset.tie_word_embeddings:
         shapes["lm_head.weight"] = (preset.vocab_size, hidden)
     return shapes
 
 
-def _layer_shapes(hidden: int, inter: int, q_width: int, kv_width: int, layer: int) -> dict:
+def _layer_shapes(preset: ModelPreset, layer: int) -> dict[str, tuple[int, ...]]:
     # nn.Linear stores (out_features, in_features).
-    prefix = f"model.layers.{layer}"
-    return {
-        f"{prefix}.input_layernorm": (hidden,),
-        f"{prefix}.self_attn.q_proj": (q_width, hidden),
-        f"{prefix}.self_attn.k_proj": (kv_width, hidden),
-        f"{prefix}.self_attn.v_proj": (kv_width, hidden),
-        f"{prefix}.self_attn.o_proj": (hidden, q_width),
-        f"{prefix}.post_attention_layernorm": (hidden,),
-        f"{prefix}.mlp.gate_proj": (inter, hidden),
-        f"{prefix}.mlp.up_proj": (inter, hidden),
-        f"{prefix}.mlp.down_proj": (hidden, inter),
+    hidden, inter = preset.hidden_size, preset.intermediate_size
+    q_width = preset.num_attention_heads * preset.head_dim
+    kv_width = preset.num_key_value_heads * preset.head_dim
+    prefix = f"model.layers.{layer}."
+    shapes = {
+        "input_layernorm.weight": (hidden,),
+        "self_attn.q_proj.weight": (q_width, hidden),
+        "self_attn.k_proj.weight": (kv_width, hidden),
+        "self_attn.v_proj.weight": (kv_width, hidden),
+        "self_attn.o_proj.weight": (hidden, q_width),
+        "post_attention_layernorm.weight": (hidden,),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+        **{suffix: (preset.head_dim,) for suffix in FAMILIES[preset.model_type].head_norms},  # Qwen3's q/k norms
     }
+    return {prefix + suffix: shape for suffix, shape in shapes.items()}
 
 
 def _element_count(shape: tuple[int, ...]) -> int:
@@ -263,10 +349,8 @@ def _element_count(shape: tuple[int, ...]) -> int:
 
 
 def layer_param_count(preset: ModelPreset) -> int:
-    """Parameters in one decoder layer (all layers of a Llama are the same size)."""
-    q_width = preset.num_attention_heads * preset.head_dim
-    kv_width = preset.num_key_value_heads * preset.head_dim
-    shapes = _layer_shapes(preset.hidden_size, preset.intermediate_size, q_width, kv_width, 0)
+    """Parameters in one decoder layer (all layers of a supported family are the same size)."""
+    shapes = _layer_shapes(preset, 0)
     return sum(_element_count(shape) for shape in shapes.values())
 
 

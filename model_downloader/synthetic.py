@@ -1,4 +1,4 @@
-"""Random-weight models in real Llama shapes, written in the standard Hugging Face folder layout.
+"""Random-weight models in real Llama and Qwen3 shapes, written in the standard Hugging Face folder layout.
 
 No model can be downloaded on the build machine, so these stand in for the real ones: the same
 tensor names, shapes, dtypes and file layout, so every loading and slicing path runs unchanged.
@@ -22,7 +22,7 @@ from .safetensors_stream import TensorSpec, plan_shards, shard_file_names, write
 from .synthetic_tokenizer import build_tokenizer
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 10**9  # transformers counts GB in powers of ten too
-INITIALIZER_RANGE = 0.02  # std of transformers' own init for Llama matrices (config.initializer_range)
+INITIALIZER_RANGE = 0.02  # std of transformers' own init for Llama and Qwen3 matrices (config.initializer_range)
 CHUNK_ELEMENTS = 1 << 22  # generate in ~16 MB float32 pieces so the 3B shape never sits in RAM
 COMPLETION_MARKER = "synthetic_complete.json"  # written last; a folder without it is unfinished
 INDEX_FILE = "model.safetensors.index.json"
@@ -55,7 +55,8 @@ def _to_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def model_config_dict(preset: ModelPreset, seed: int, dtype: str) -> dict:
-    """config.json: a LlamaConfig in the storage dtype, marked synthetic so the root can say so."""
+    """config.json: the family's config (LlamaConfig, Qwen3Config) in the storage dtype, marked synthetic
+    so the root can say so."""
     config = preset_config(preset)
     config.dtype = TORCH_DTYPES[dtype]
     config_dict = config.to_diff_dict()  # what save_pretrained writes: no default-valued clutter

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic model made once per session, and real local clusters on it."""
+"""Shared fixtures: tiny synthetic models (Llama, Qwen3) made once per session, and real local clusters."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,11 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return Path(make_synthetic_model("tiny", tmp_path_factory.mktemp("models") / "tiny", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_model(tmp_path_factory) -> Path:
+    return Path(make_synthetic_model("tiny-qwen3", tmp_path_factory.mktemp("models") / "tiny-qwen3", seed=0))
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ from model_downloader.synthetic_tokenizer import build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = get_preset("tiny")
-REAL_PRESETS = [name for name in PRESETS if name != "tiny"]
+REAL_PRESETS = [name for name in PRESETS if name not in ("tiny", "tiny-qwen3")]
 SMALL_SHARD_BYTES = 1_100_000  # splits the 2.8 MB tiny model (1 MB embeddings, 1 MB lm_head) in 3
 
 
@@ -74,6 +74,9 @@ def file_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
         ("tinyllama-1.1b", 1_100_048_384, 44_044_288),
         ("llama-3.2-1b", 1_235_814_400, 60_821_504),
         ("llama-3.2-3b", 3_212_749_824, 100_669_440),
+        # Qwen3 model cards: 0.6B (0.44B non-embedding), 1.7B (1.4B non-embedding); tied, so counted once
+        ("qwen3-0.6b", 596_049_920, 15_730_944),
+        ("qwen3-1.7b", 1_720_574_976, 50_336_000),
     ],
 )
 def test_parameter_counts_match_the_published_models(name, params, layer_params):
@@ -143,7 +146,7 @@ def test_preset_from_a_published_config_has_the_preset_shape():
 def test_real_preset_shapes_match_transformers_on_the_meta_device(name):
     preset = get_preset(name)
     with torch.device("meta"):
-        model = LlamaForCausalLM(preset_config(preset))
+        model = AutoModelForCausalLM.from_config(preset_config(preset))  # the preset's family's model class
     expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
     if preset.tie_word_embeddings:
         del expected["lm_head.weight"]  # save_pretrained drops the tied copy
@@ -387,7 +390,11 @@ def test_check_sliceable_accepts_llama_configs():
     assert check_sliceable(TINYLLAMA_CONFIG) == []
     for name in PRESETS:
         assert check_sliceable(preset_config(get_preset(name)).to_dict()) == []
-    assert check_sliceable({**TINYLLAMA_CONFIG, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}) == []
+    # Mistral's layout is Llama's, but its sliding window would be ignored by mask-less decoder layers
+    mistral = {**TINYLLAMA_CONFIG, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+    assert check_sliceable(mistral) == ["model_type 'mistral' is not supported (supported: llama, qwen3); this "
+                                        "project lacks sliding-window attention (the workers run bare decoder "
+                                        "layers without a mask, so a window would be ignored)"]
 
 
 def test_check_sliceable_rejects_encoder_decoder_and_encoder_only_models():
@@ -504,3 +511,62 @@ def test_cli_without_a_command_is_a_usage_error():
     result = run_cli()
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+# --- Qwen3 -------------------------------------------------------------------------------------
+
+# Qwen/Qwen3-0.6B's config.json as published (transformers 4.51 field names).
+QWEN3_06B_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+    "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 40960,
+    "max_window_layers": 28, "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28,
+    "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+    "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "use_sliding_window": False, "vocab_size": 151936,
+}
+
+
+def test_qwen3_presets_have_head_dim_128_q_k_norms_and_tied_embeddings():
+    # 0.6B's heads together (16 x 128) are twice its hidden size: head_dim is not hidden / heads
+    assert get_preset("qwen3-0.6b").hidden_size // get_preset("qwen3-0.6b").num_attention_heads == 64
+    for name in ("qwen3-0.6b", "qwen3-1.7b"):
+        preset = get_preset(name)
+        assert preset.head_dim == 128
+        shapes = weight_shapes(preset)
+        assert shapes["model.layers.27.self_attn.q_norm.weight"] == (128,)
+        assert shapes["model.layers.0.self_attn.q_proj.weight"] == (16 * 128, preset.hidden_size)
+        assert "lm_head.weight" not in shapes  # tied
+        config = preset_config(preset)
+        assert (config.model_type, config.architectures) == ("qwen3", ["Qwen3ForCausalLM"])
+        assert config.rope_parameters == {"rope_type": "default", "rope_theta": 1000000.0}
+        assert config.layer_types == ["full_attention"] * 28 and not config.use_sliding_window
+
+
+def test_preset_from_the_published_qwen3_config_has_the_preset_shape():
+    derived = preset_from_config(QWEN3_06B_CONFIG)
+    preset = get_preset("qwen3-0.6b")
+    assert weight_shapes(derived) == weight_shapes(preset)
+    assert (derived.rope_theta, derived.rope_scaling, derived.eos_token_id) == (1000000, None, 151645)
+    assert check_sliceable(QWEN3_06B_CONFIG) == []
+    windowed = {**QWEN3_06B_CONFIG, "use_sliding_window": True}
+    assert any("sliding-window" in problem for problem in check_sliceable(windowed))
+
+
+def test_tiny_qwen3_files_equal_a_real_qwen3_state_dict_and_load_in_transformers(tiny_qwen3_model):
+    from transformers import Qwen3ForCausalLM
+
+    preset = get_preset("tiny-qwen3")
+    reference = Qwen3ForCausalLM(preset_config(preset)).state_dict()
+    del reference["lm_head.weight"]  # tied: save_pretrained drops it, and so do we
+    assert file_shapes(tiny_qwen3_model) == {key: tuple(tensor.shape) for key, tensor in reference.items()}
+    config = json.loads((tiny_qwen3_model / "config.json").read_text())
+    assert (config["model_type"], config["head_dim"], config["tie_word_embeddings"]) == ("qwen3", 32, True)
+    assert config["layer_types"] == ["full_attention"] * 4 and config["use_sliding_window"] is False
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_model)
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3_model)
+    assert (tokenizer.bos_token, tokenizer.eos_token) == ("<|endoftext|>", "<|im_end|>")
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (4093, 4095)
+    assert check_model_folder(tiny_qwen3_model) == []

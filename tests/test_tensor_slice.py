@@ -2,7 +2,8 @@
 layer's outputs, and greedy generation equal to Hugging Face `generate`, all in one process.
 
 Two shapes: the `tiny` preset (4 query / 2 KV heads, so 4 ranks replicate KV heads) and `wide`
-(8 / 4 heads, an MLP width of 100 that 8 ranks split unevenly, weights in several safetensors files).
+(8 / 4 heads, an MLP width of 100 that 8 ranks split unevenly, weights in several safetensors files);
+the partial sums also on `tiny-qwen3` (q/k norms; more Qwen3 in tests/test_qwen3.py).
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def test_ranks_hold_one_layer_set_plus_the_replicated_parts(tiny_model, n, dtype
 # -- the partial sums equal the stock layer ---------------------------------------------------------
 
 def stock_layer_outputs(model: Path, dtype: str, x: torch.Tensor, x_next: torch.Tensor):
-    """Per layer, the stock LlamaDecoderLayer's input to its MLP (h) and its attention and MLP outputs
-    (no residual), for a prefill of x then one decode step of x_next through its KV cache; every layer
+    """Per layer, the stock decoder layer's (Llama's, Qwen3's) input to its MLP (h) and its attention and
+    MLP outputs (no residual), for a prefill of x then one decode step of x_next through its KV cache; every layer
     is fed the same x, so that each comparison stands alone."""
     full = DecoderSlice(model, Shard(0, load_config(model).num_hidden_layers), dtype)
     cache, outs = DynamicCache(), []
@@ -154,7 +155,8 @@ def assert_sum_matches(got: torch.Tensor, ref: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("model_name,n", [("tiny", 1), ("tiny", 2), ("tiny", 4),
-                                          ("wide", 1), ("wide", 2), ("wide", 4), ("wide", 8)])
+                                          ("wide", 1), ("wide", 2), ("wide", 4), ("wide", 8),
+                                          ("tiny_qwen3", 1), ("tiny_qwen3", 2), ("tiny_qwen3", 4)])
 def test_partials_sum_to_the_stock_layer(request, model_name, n, dtype):
     model = request.getfixturevalue(f"{model_name}_model")
     g = torch.Generator().manual_seed(n)
@@ -219,9 +221,9 @@ def test_greedy_equals_hf_generate_wide(wide_model, n, dtype):
     assert tensor_parallel_greedy(wide_model, n, dtype, PROMPT_IDS, N_TOKENS) == expected
 
 
-def teacher_forced_top1(model: Path, n: int, dtype: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token argmax at every position of ids: the stock layers (pipeline DecoderSlice, whose
-    greedy output equals HF generate) and n tensor-parallel ranks, one prefill each."""
+def teacher_forced_logits(model: Path, n: int, dtype: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits (float32) at every position of ids: the stock layers (pipeline DecoderSlice,
+    whose greedy output equals HF generate) and n tensor-parallel ranks, one prefill each."""
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, dtype))
     slices = tensor_slices(model, n, dtype)
@@ -229,24 +231,31 @@ def teacher_forced_top1(model: Path, n: int, dtype: str, ids: list[int]) -> tupl
         x = hf.model.embed_tokens(torch.tensor([ids]))
         stock = DecoderSlice(model, Shard(0, slices[0].n_layers), dtype).forward(x, DynamicCache(), 0)
         split = lockstep_forward(slices, x, [DynamicCache() for _ in slices], 0)
-        return (hf.lm_head(hf.model.norm(stock))[0].argmax(-1), hf.lm_head(hf.model.norm(split))[0].argmax(-1))
+        return (hf.lm_head(hf.model.norm(stock))[0].float(), hf.lm_head(hf.model.norm(split))[0].float())
 
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_teacher_forced_agreement_over_300_positions(tiny_model, n):
-    """float32 picks the same token everywhere. bfloat16 does not quite (measured on tiny: 298/300 for
-    2 ranks, 297/300 for 4, every miss at a top-2 logit gap of at most one bfloat16 step, 0.0039):
-    each rank's o_proj / down_proj partial is rounded to bfloat16 before the float32 sum, where the
-    stock matmul rounds once (with float32 partials 2 ranks agree bit for bit); and a rank with one
-    query head per KV head runs torch's CPU SDPA without enable_gqa, a kernel that rounds differently
-    from the GQA one the stock layer uses (37-69% of bfloat16 attention outputs differ by a step)."""
+    """float32 picks the same token everywhere. bfloat16 does not quite: each rank's o_proj / down_proj
+    partial is rounded to bfloat16 before the float32 sum, where the stock matmul rounds once (with
+    float32 partials 2 ranks agree bit for bit); and a rank with one query head per KV head runs torch's
+    CPU SDPA without enable_gqa, a kernel that rounds differently from the GQA one the stock layer uses.
+    How many positions flip depends on the CPU's bfloat16 kernels (measured on tiny: 298/300 and 297/300
+    on an Intel Xeon, 292/300 for 2 ranks on an AMD EPYC), so what is asserted is why they flip: only
+    at near-ties, where the stock model's own top-2 logits are within a few bfloat16 rounding steps."""
     ids = torch.randint(4, 4096, (300,), generator=torch.Generator().manual_seed(0)).tolist()
-    stock, split = teacher_forced_top1(tiny_model, n, "float32", ids)
-    assert torch.equal(stock, split)
-    stock, split = teacher_forced_top1(tiny_model, n, "bfloat16", ids)
-    rate = (stock == split).float().mean().item()
-    print(f"bfloat16, {n} ranks: top-1 agreement {rate:.4f}")
-    assert rate >= 0.98
+    stock, split = teacher_forced_logits(tiny_model, n, "float32", ids)
+    assert torch.equal(stock.argmax(-1), split.argmax(-1))
+    stock, split = teacher_forced_logits(tiny_model, n, "bfloat16", ids)
+    picked_stock, picked_split = stock.argmax(-1), split.argmax(-1)
+    misses = (picked_stock != picked_split).nonzero().flatten()
+    rate = 1 - len(misses) / len(ids)
+    # The stock logit of the token the split picked, below the stock's best: what the miss costs.
+    gaps = stock[misses, picked_stock[misses]] - stock[misses, picked_split[misses]]
+    step = 2.0 ** -8 * stock.abs().max().item()  # one bfloat16 rounding step at the logits' scale
+    print(f"bfloat16, {n} ranks: top-1 agreement {rate:.4f}, misses at stock gaps {gaps.tolist()} (step {step:.4f})")
+    assert rate >= 0.95
+    assert all(g <= 4 * step for g in gaps.tolist()), "a token flipped where the stock model was not near a tie"
 
 
 # -- the blocking allreduce API the worker will use --------------------------------------------------

@@ -1,4 +1,5 @@
-"""A worker's slice of a Llama model: decoder layers [start, end), loaded layer by layer.
+"""A worker's slice of a model (a family of common/model_family.py): decoder layers [start, end), loaded
+layer by layer.
 
 dtype float32 | bfloat16 | float16: weights and compute in that dtype.
 dtype int8: each layer is loaded in float32 and its projections quantized to int8 at once (so the
@@ -12,10 +13,9 @@ from pathlib import Path
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from common.gemv import use_gemv
-from common.model_info import load_config
+from common.model_info import load_config, model_family
 from common.placement import Shard
 from common.dtypes import QUANTIZED, torch_dtype
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names
@@ -38,6 +38,7 @@ class DecoderSlice:
     def __init__(self, model_dir: str | Path, shard: Shard, dtype_name: str, gemv: bool = True):
         self.model_dir, self.shard, self.dtype_name = str(model_dir), shard, dtype_name
         self.config = load_config(model_dir)
+        decoder_layer, rotary_embedding, _ = model_family(self.config).classes()
         n_layers = self.config.num_hidden_layers
         if not 0 <= shard.start < shard.end <= n_layers:
             raise ValueError(f"layers [{shard.start}, {shard.end}) are outside the model's 0..{n_layers}")
@@ -52,7 +53,7 @@ class DecoderSlice:
             self.loaded_tensor_names += names
             # The local index is the KV cache's layer slot; the cache holds only this slice's layers.
             with torch.device("meta"):
-                layer = LlamaDecoderLayer(self.config, layer_idx=local_idx)
+                layer = decoder_layer(self.config, layer_idx=local_idx)
             prefix = layer_prefix(global_idx)
             state = {k[len(prefix):]: v for k, v in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)
@@ -62,7 +63,7 @@ class DecoderSlice:
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
-        self.rotary = LlamaRotaryEmbedding(self.config)
+        self.rotary = rotary_embedding(self.config)
         self.hidden_size = self.config.hidden_size
         self.dtype = dtype
         if dtype_name in QUANTIZED:

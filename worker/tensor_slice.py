@@ -1,7 +1,7 @@
-"""A worker's tensor-parallel share of a Llama model: part of EVERY decoder layer, no networking.
+"""A worker's tensor-parallel share of a model (Llama or Qwen3): part of EVERY decoder layer, no networking.
 
 Built the way gpt-fast's tp.py shards a stock model from outside (`_apply_tp_linear(linear,
-"colwise"|"rowwise")`, `apply_tp`): each layer is a stock `LlamaDecoderLayer` made from a copy of
+"colwise"|"rowwise")`, `apply_tp`): each layer is the family's stock decoder layer made from a copy of
 the model config whose head counts and MLP width are this rank's, so its `q_proj`/`k_proj`/`v_proj`/
 `gate_proj`/`up_proj` are column-parallel (rows of the full matrix) and its `o_proj`/`down_proj`
 row-parallel (columns), as vLLM's QKVParallelLinear / MergedColumnParallelLinear / RowParallelLinear
@@ -15,7 +15,8 @@ the ranks (`reduce_partials`) equal the stock layer's attention / MLP output (te
 Per layer (two synchronisations, as distributed-llama and Megatron do):
     h   = x + allreduce(attention_partial(x))   # each rank: input_layernorm(x) -> its heads -> o_proj cols
     out = h + allreduce(mlp_partial(h))         # each rank: post_attention_layernorm(h) -> its ffn range
-The norms are small and computed in full on every rank, so x and h are identical everywhere.
+The norms are small and computed in full on every rank, so x and h are identical everywhere; Qwen3's
+q_norm / k_norm normalise each head over head_dim on its own, so every rank holds them whole too.
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers.cache_utils import DynamicCache
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from common.dtypes import torch_dtype
 from common.gemv import use_gemv
-from common.model_info import load_config
+from common.model_info import load_config, model_family
 from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
 from common.weights import WeightIndex, layer_prefix
@@ -40,8 +40,10 @@ SUPPORTED_DTYPES = ("float32", "bfloat16")  # int8 is pipeline-only for now
 Allreduce = Callable[[torch.Tensor], torch.Tensor]  # this rank's partial (1, T, hidden) -> the sum over ranks
 
 
-def share_slices(share: TensorShare, head_dim: int) -> dict[str, tuple[int, int, int] | None]:
+def share_slices(share: TensorShare, head_dim: int,
+                 head_norms: tuple[str, ...] = ()) -> dict[str, tuple[int, int, int] | None]:
     """Which part of each layer tensor a rank reads: suffix -> (dim, start, end) half-open, None = whole.
+    head_norms: the family's per-head norm weights (Qwen3's q_norm / k_norm), read whole.
 
     nn.Linear weights are (out_features, in_features): column-parallel layers take rows (dim 0),
     row-parallel layers take columns (dim 1).
@@ -59,6 +61,7 @@ def share_slices(share: TensorShare, head_dim: int) -> dict[str, tuple[int, int,
         "mlp.gate_proj.weight": ffn_rows,
         "mlp.up_proj.weight": ffn_rows,
         "mlp.down_proj.weight": ffn_cols,
+        **{suffix: None for suffix in head_norms},
     }
 
 
@@ -94,6 +97,8 @@ class TensorSlice:
         if dtype_name not in SUPPORTED_DTYPES:
             raise ValueError(f"tensor parallelism computes in {' or '.join(SUPPORTED_DTYPES)}, not {dtype_name!r}")
         self.config = config = load_config(model_dir)
+        self.family = model_family(config)
+        decoder_layer, rotary_embedding, _ = self.family.classes()
         _check_share(config, share)
         self.share, self.dtype_name = share, dtype_name
         self.dtype = torch_dtype(dtype_name)
@@ -106,13 +111,13 @@ class TensorSlice:
         for index in range(self.n_layers):
             # layer_idx = the model's layer index: each rank holds every layer, so it is also the KV cache slot.
             with torch.device("meta"):
-                layer = LlamaDecoderLayer(layer_config, layer_idx=index)
+                layer = decoder_layer(layer_config, layer_idx=index)
             prefix = layer_prefix(index)
             state = {name[len(prefix):]: tensors.pop(name) for name in [n for n in tensors if n.startswith(prefix)]}
             layer.load_state_dict(state, strict=True, assign=True)  # strict: every tensor present, none extra
             self.layers.append(layer.eval())
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
-        self.rotary = LlamaRotaryEmbedding(config)
+        self.rotary = rotary_embedding(config)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
         # No release_freed_memory() (DecoderSlice's gc + malloc_trim, ~0.35 s): each slice is copied out
         # of the mmap straight into its final dtype, so no temporary copy was freed.
@@ -125,7 +130,7 @@ class TensorSlice:
         stretch of every row, so the page cache may read the whole matrix from disk (a 4 KB page holds
         a TinyLlama o_proj row), but this process keeps only its columns.
         """
-        plan = share_slices(self.share, self.head_dim)
+        plan = share_slices(self.share, self.head_dim, self.family.head_norms)
         wanted = {f"{layer_prefix(i)}{suffix}": part for i in range(self.n_layers) for suffix, part in plan.items()}
         missing = [n for n in wanted if n not in index.file_of]
         if missing:
@@ -162,7 +167,8 @@ class TensorSlice:
                 "self_attn.q_proj.weight": (q, hidden), "self_attn.k_proj.weight": (kv, hidden),
                 "self_attn.v_proj.weight": (kv, hidden), "self_attn.o_proj.weight": (hidden, q),
                 "mlp.gate_proj.weight": (c.intermediate_size, hidden), "mlp.up_proj.weight": (c.intermediate_size, hidden),
-                "mlp.down_proj.weight": (hidden, c.intermediate_size)}
+                "mlp.down_proj.weight": (hidden, c.intermediate_size),
+                **{suffix: (self.head_dim,) for suffix in self.family.head_norms}}
 
     def position_embeddings(self, start_pos: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE (cos, sin), each (1, T, head_dim) in the compute dtype, for positions [start_pos, start_pos + T)."""
