@@ -104,8 +104,7 @@ def quiet_env() -> None:
 def local_runs(model: Path, workers: int, threads: int, dtype: str, prompt: str, tokens: int, repeats: int,
                warmup: int = 1, latency_ms: str = "0,0", prefill_too: bool = False, log_dir: Path | None = None,
                repos: tuple[Path, ...] = (REPO,)):
-    """Starts a LocalCluster per checkout in `repos` (this one by default), sends warm-up replies (not
-    kept), then `repeats` measured ones, the checkouts in turn so that they share the machine's moods.
+    """One LocalCluster per checkout in `repos` (this one by default), measured in turn (interleaved_runs).
 
     Returns one (replies, memory) per checkout: replies is a list of {"full": metrics, "prefill":
     metrics or None}; prefill_too adds a 1-token reply per repeat so that decode-only sums are full - prefill.
@@ -113,6 +112,13 @@ def local_runs(model: Path, workers: int, threads: int, dtype: str, prompt: str,
     from backend.local import LocalCluster
     clusters = [LocalCluster(str(model), workers=workers, threads=threads, latency_ms=latency_ms, dtype=dtype,
                              log_dir=log_dir, repo=repo) for repo in repos]
+    return interleaved_runs(clusters, prompt, tokens, repeats, warmup, prefill_too)
+
+
+def interleaved_runs(clusters: list, prompt: str, tokens: int, repeats: int, warmup: int = 1,
+                     prefill_too: bool = False) -> list[tuple[list[dict], list[dict]]]:
+    """Starts every LocalCluster, sends warm-up replies (not kept), then `repeats` measured ones, the
+    clusters in turn so that they share the machine's moods; stops them. One (replies, memory) each."""
     try:
         for cluster in clusters:
             cluster.start()

@@ -41,7 +41,7 @@ def other_ms(reply: dict) -> float:
 def interleaved_runs(model, prompt: str, args) -> tuple[list[dict], list[dict]]:
     """(zero-latency replies, latency replies): repeats + 1 of the first, repeats of the second, in turn."""
     from backend.local import LocalCluster
-    shape = dict(workers=args.workers, threads=args.threads, dtype=args.dtype)
+    shape = dict(workers=args.workers, threads=args.threads, dtype=args.dtype, parallelism=args.parallelism)
     with LocalCluster(str(model), latency_ms="0,0", **shape) as zero, \
             LocalCluster(str(model), latency_ms=args.latency_ms, **shape) as lat:
         for _ in range(args.warmup):  # warm-up, not kept
@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--parallelism", default="pipeline", choices=["pipeline", "tensor"],
+                    help="tensor: every sync's two crossings are delayed too (use a small latency: 4 x layers per token)")
     ap.add_argument("--latency-ms", default="60,120", help="MIN,MAX per link (the original 4-node branch's range)")
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
     typical = statistics.median(abs(e) for e in errors)
     typical_adjusted = statistics.median(abs(e) for e in adjusted)
     result = {"bench": "fidelity", "model": model.name, "dtype": args.dtype, "workers": args.workers,
+              "parallelism": args.parallelism,
               "threads": args.threads, "latency_ms": args.latency_ms, "tokens": args.tokens, "repeats": args.repeats,
               "zero_latency_ttlt_ms": base_ttlt, "zero_latency_other_ms": base_other, "replies": rows,
               "error_pct": stats.summarize(errors), "abs_error_pct_max": worst, "abs_error_pct_median": typical,
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
               "adjusted_abs_error_pct_median": typical_adjusted,
               "target": stats.target(typical, 2.0, higher_is_better=False),
               "target_adjusted": stats.target(typical_adjusted, 2.0, higher_is_better=False)}
-    print(f"{model.name} {args.dtype}, {args.workers} workers x {args.threads} thread(s), latency {args.latency_ms} ms "
+    print(f"{model.name} {args.dtype}, {args.parallelism}, {args.workers} workers x {args.threads} thread(s), latency {args.latency_ms} ms "
           f"per link, {args.tokens} tokens; zero-latency TTLT {mmm(base_ttlt, 0)} ms (median [min-max])")
     print_table([[i + 1, r["measured_ms"], r["injected_ms"], r["predicted_ms"], f"{r['error_pct']:+.2f}",
                   r["adjusted_predicted_ms"], f"{r['adjusted_error_pct']:+.2f}"] for i, r in enumerate(rows)],

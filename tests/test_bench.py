@@ -7,6 +7,7 @@ from bench.fidelity import fidelity_rows, other_ms
 from bench.inproc import TokenClock
 from bench.pipeline import decode_breakdown, judge
 from bench.profile import hop_table
+from bench.tensor import decode_step, paired, summarize as summarize_tensor
 from model_downloader.presets import get_preset, layer_param_count, weight_bytes
 
 
@@ -120,6 +121,31 @@ def test_judge_reports_each_target_honestly():
                      "vs_baseline": {"4": {"decode_tok_s_ratio": 0.97}}})
     assert against["decode_vs_baseline"] == {"value": 0.97, "target": 1.0, "met": False}
     assert "float32_fraction_of_ceiling" not in judge({"dtype": "bfloat16", "workers": {"1": w(1, 0.1, 1)}})
+
+
+def tensor_reply(compute: float, sync_ms: list[float], per_sync_p50: float, sync_bytes: int, tokens: int = 9,
+                 tok_s: float = 4.0) -> dict:
+    return {"parallelism": "tensor", "tpot_ms": 100.0, "compute_ms": compute, "transport_ms": 10.0 * tokens,
+            "injected_latency_ms": 0.0, "completion_tokens": tokens, "decode_tok_s": tok_s,
+            "stages": [{"sync_ms": s} for s in sync_ms],
+            "sync": {"bytes": sync_bytes, "per_sync_ms": {"p50": per_sync_p50, "p90": 2 * per_sync_p50}}}
+
+
+def test_tensor_decode_step_takes_the_slowest_workers_sync_time_net_of_the_prefill():
+    replies = [{"full": tensor_reply(900.0, [50.0, 130.0], 0.4, 9000), "prefill": tensor_reply(100.0, [10.0, 50.0], 0.4, 1000, tokens=1)}]
+    step = decode_step(replies)
+    assert step["workers_compute_ms"] == pytest.approx(100.0)   # (900 - 100) / 8 steps
+    assert step["sync_wall_ms"] == pytest.approx(10.0)          # slowest worker: (130 - 50) / 8
+    s = summarize_tensor(replies, n_layers=22)
+    assert s["sync_per_layer_ms"]["p50"] == pytest.approx(0.8)  # two syncs per layer
+    assert s["syncs_per_step"] == 44
+    assert s["sync_bytes_per_step"] == pytest.approx(1000.0)   # (9000 - 1000) / 8
+
+
+def test_paired_speedup_is_the_median_of_back_to_back_ratios():
+    a = [{"full": {"decode_tok_s": x}} for x in (6.0, 8.0, 9.0)]
+    b = [{"full": {"decode_tok_s": x}} for x in (4.0, 4.0, 3.0)]
+    assert paired(a, b) == pytest.approx(2.0)  # ratios 1.5, 2.0, 3.0
 
 
 def test_token_clock_skips_the_prompt_and_stamps_each_new_token():

@@ -1,0 +1,134 @@
+"""python -m bench.tensor: tensor parallelism's speed-up at zero latency, against one worker, in one run.
+
+Per dtype, three local clusters on the same model, threads and prompt, their replies in turn: one
+worker in pipeline mode (no synchronisation at all), one worker in tensor mode (the same compute,
+plus 2 x layers round trips through the root per step), and N workers in tensor mode. Reports decode
+tok/s and the speed-ups (medians, and the median of the back-to-back ratios), a decode step's parts
+(the slowest worker's compute, the synchronisations' wall time, the root and the rest), and the
+synchronisation time per layer (p50 over decode steps of the slowest worker's time in its syncs).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from . import stats
+from .common import REPO, emit, interleaved_runs, mmm, model_and_prompt, print_table, quiet_env
+
+LOGS = REPO / "artifacts" / "bench-logs"
+
+
+def clusters_for(model, dtype: str, threads: int, workers: int):
+    from backend.local import LocalCluster
+    shapes = [("pipeline", 1), ("tensor", 1), ("tensor", workers)]
+    return shapes, [LocalCluster(str(model), workers=n, threads=threads, dtype=dtype, parallelism=mode,
+                                 log_dir=LOGS) for mode, n in shapes]
+
+
+def decode_step(replies: list[dict]) -> dict:
+    """Median over repeats of one decode step's parts (full reply minus its 1-token twin), in ms."""
+    parts = []
+    for r in replies:
+        full, pre = r["full"], r["prefill"]
+        steps = full["completion_tokens"] - 1
+        tensor = full.get("parallelism") == "tensor"
+        sync_wall = (max(s["sync_ms"] for s in full["stages"]) - max(s["sync_ms"] for s in pre["stages"])
+                     if tensor else 0.0)
+        step = stats.step_breakdown(full["tpot_ms"], full["compute_ms"] - pre["compute_ms"],
+                                    full["transport_ms"] - pre["transport_ms"],
+                                    full["injected_latency_ms"] - pre["injected_latency_ms"], steps)
+        step["sync_wall_ms"] = sync_wall / steps
+        parts.append(step)
+    return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+
+
+def summarize(replies: list[dict], n_layers: int) -> dict:
+    full = [r["full"] for r in replies]
+    out = {"decode_tok_s": stats.summarize([m["decode_tok_s"] for m in full]),
+           "tpot_ms": stats.summarize([m["tpot_ms"] for m in full]),
+           "decode_step_ms": decode_step(replies)}
+    if full[0].get("parallelism") == "tensor":
+        per_sync = [m["sync"]["per_sync_ms"]["p50"] for m in full]
+        out["sync_per_layer_ms"] = {"p50": 2 * statistics.median(per_sync),
+                                    "p90": 2 * statistics.median(m["sync"]["per_sync_ms"]["p90"] for m in full)}
+        out["syncs_per_step"] = 2 * n_layers
+        out["sync_bytes_per_step"] = statistics.median(
+            (m["sync"]["bytes"] - r["prefill"]["sync"]["bytes"]) / (m["completion_tokens"] - 1)
+            for m, r in zip(full, replies))
+    return out
+
+
+def paired(a: list[dict], b: list[dict]) -> float:
+    """Median over repeats of a's decode tok/s over b's, each pair measured back to back."""
+    return statistics.median(x["full"]["decode_tok_s"] / y["full"]["decode_tok_s"] for x, y in zip(a, b))
+
+
+def run_dtype(model, dtype: str, args, prompt: str, n_layers: int) -> dict:
+    shapes, clusters = clusters_for(model, dtype, args.threads, args.workers)
+    runs = interleaved_runs(clusters, prompt, args.tokens, args.repeats, args.warmup, prefill_too=True)
+    labels = [f"{mode} x{n}" for mode, n in shapes]
+    result = {"runs": {label: summarize(replies, n_layers) for label, (replies, _) in zip(labels, runs)}}
+    (pipe, _), (one, _), (many, _) = runs
+    med = {label: r["decode_tok_s"]["median"] for label, r in result["runs"].items()}
+    result["speedup"] = {
+        "vs_tensor_1": {"medians": stats.ratio(med[labels[2]], med[labels[1]]), "pairs": paired(many, one)},
+        "vs_pipeline_1": {"medians": stats.ratio(med[labels[2]], med[labels[0]]), "pairs": paired(many, pipe)},
+    }
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.tensor", description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tinyllama-1.1b", help="synthetic shape (made once under models/synthetic)")
+    ap.add_argument("--model", default="", help="a real model folder instead of a synthetic preset")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
+    ap.add_argument("--workers", type=int, default=2, help="workers of the tensor-parallel cluster")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens per reply (ignore_eos)")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="replies sent first and not measured")
+    ap.add_argument("--target", type=float, default=1.5, help="the speed-up to reach against 1 worker")
+    args = ap.parse_args(argv)
+    if args.workers < 2:
+        ap.error("--workers must be 2 or more (the baseline is 1 worker)")
+    quiet_env()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
+    from common.model_info import load_config
+    n_layers = load_config(model).num_hidden_layers
+    result = {"bench": "tensor", "model": model.name, "workers": args.workers, "threads": args.threads,
+              "tokens": args.tokens, "prompt_tokens": len(prompt_ids), "repeats": args.repeats, "dtypes": {}}
+    for dtype in args.dtypes.split(","):
+        result["dtypes"][dtype] = run_dtype(model, dtype, args, prompt, n_layers)
+    result["targets"] = {f"speedup_{dtype}_vs_tensor_1": stats.target(r["speedup"]["vs_tensor_1"]["pairs"], args.target)
+                         for dtype, r in result["dtypes"].items()}
+    report(result, args.target)
+    emit(result)
+    return 0
+
+
+def report(r: dict, target: float) -> None:
+    print(f"{r['model']}, {r['threads']} thread(s) per worker, zero latency, prompt {r['prompt_tokens']} tokens, "
+          f"{r['tokens']} tokens, {r['repeats']} repeats (median [min-max]); a decode step's parts in ms")
+    rows = []
+    for dtype, d in r["dtypes"].items():
+        for label, run in d["runs"].items():
+            s = run["decode_step_ms"]
+            per_layer = run.get("sync_per_layer_ms")
+            rows.append([dtype, label, mmm(run["decode_tok_s"], 2), f"{s['tpot_ms']:.1f}",
+                         f"{s['workers_compute_ms']:.1f}", f"{s['sync_wall_ms']:.1f}", f"{s['transport_ms']:.1f}",
+                         f"{s['root_and_other_ms']:.1f}",
+                         f"{per_layer['p50']:.2f}/{per_layer['p90']:.2f}" if per_layer else "-"])
+    print_table(rows, ["dtype", "cluster", "decode tok/s", "step", "compute (slowest)", "in syncs",
+                       "transport", "root+other", "sync/layer p50/p90"])
+    for dtype, d in r["dtypes"].items():
+        for base, s in d["speedup"].items():
+            print(f"{dtype}: tensor x{r['workers']} decodes {s['medians']:.2f}x {base.replace('vs_', '').replace('_', ' x')} "
+                  f"(median of back-to-back pairs {s['pairs']:.2f}x)")
+    for name, t in r["targets"].items():
+        print(f"target {name}: {t['value']:.3f} (goal {target}) {'met' if t['met'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
