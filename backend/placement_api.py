@@ -22,7 +22,7 @@ from flask import Blueprint, jsonify, request
 from common.config import PARALLELISMS
 from common.errors import error_response
 from common.placement import MODES, Placement, PlacementError, parse_counts
-from common.tensor_links import SYNC_ITEMSIZE
+from common.tensor_links import SYNC_ITEMSIZE, syncs_per_step
 from common.tensor_split import TensorShare, tensor_shares, valid_tensor_counts
 
 from .planner import PlacementView
@@ -101,7 +101,7 @@ def tensor_preview(current: PlacementView, args) -> tuple[Placement, dict]:
     for worker, share in zip(body["workers"], shares):
         worker["share"] = share_description(share, n_kv_heads)
     n_layers, hidden = config["num_hidden_layers"], config["hidden_size"]
-    syncs = 2 * n_layers  # after each layer's attention and after its MLP
+    syncs = syncs_per_step(len(shares), n_layers)  # after each layer's attention and MLP; none for one worker
     body["model"] = {"n_layers": n_layers, "path": str(current.model_path), "n_heads": n_heads,
                      "n_kv_heads": n_kv_heads, "intermediate_size": config["intermediate_size"],
                      "hidden_size": hidden}

@@ -27,7 +27,7 @@ import torch
 from common.frame import FrameError, decode_frame, encode_frame
 from common.latency import sleep_exactly
 from common.protocol import ProtocolError, StepError
-from common.tensor_links import TensorStepDelays
+from common.tensor_links import TensorStepDelays, syncs_per_step
 from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
 from common.transport import Transport
 from common.reduction import reduce_partials
@@ -90,7 +90,7 @@ class TensorChain:
         if not workers:
             raise ValueError("tensor mode needs at least one worker")
         self.workers, self.transport, self.control = workers, transport, control
-        self.n_syncs, self.hidden_size = 2 * n_layers, hidden_size
+        self.n_syncs, self.hidden_size = syncs_per_step(len(workers), n_layers), hidden_size
         self.max_frame_bytes, self.hop_timeout_s = max_frame_bytes, hop_timeout_s
         self._names = [w.name for w in workers]
         self._steps = itertools.count()

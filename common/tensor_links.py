@@ -22,6 +22,12 @@ from .latency import LinkModel, RequestDelays, sample_delay_ms
 SYNC_ITEMSIZE = 4  # float32 partials and sums
 
 
+def syncs_per_step(n_workers: int, n_layers: int) -> int:
+    """2 per layer (after attention, after the MLP); none with one worker, which holds every head and
+    the whole MLP width: a single device has nobody to sum with (distributed-llama's 1 node neither)."""
+    return 0 if n_workers == 1 else 2 * n_layers
+
+
 @dataclass(frozen=True)
 class TensorStepDelays:
     broadcast: tuple[float, ...]          # one per worker
@@ -73,7 +79,7 @@ class TensorDelays(RequestDelays):
     def __init__(self, links: list[LinkModel], seed: int, request_number: int, n_layers: int,
                  hidden_bytes_per_token: int, sync_bytes_per_token: int):
         super().__init__(links, seed, request_number)
-        self.n_syncs = 2 * n_layers
+        self.n_syncs = syncs_per_step(len(links), n_layers)
         self.hidden_bytes_per_token, self.sync_bytes_per_token = hidden_bytes_per_token, sync_bytes_per_token
         self.steps: list[TensorStepDelays] = []
 

@@ -63,9 +63,9 @@ class TensorStep:
 
 def _delays(body: dict, key: str, what: str) -> tuple[float, ...]:
     values = _get(body, key, list, what)
-    if not 0 < len(values) <= MAX_SYNCS or not all(
+    if not len(values) <= MAX_SYNCS or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= MAX_DELAY_MS for x in values):
-        raise ProtocolError(f"{what}.{key} must be a list of 1-{MAX_SYNCS} delays in [0, {MAX_DELAY_MS:g}] ms")
+        raise ProtocolError(f"{what}.{key} must be a list of 0-{MAX_SYNCS} delays in [0, {MAX_DELAY_MS:g}] ms")
     return tuple(float(x) for x in values)
 
 

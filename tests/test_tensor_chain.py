@@ -12,7 +12,7 @@ from common.auth import HEADER, SecretSource
 from common.latency import LinkModel
 from common.placement import Shard
 from common.protocol import LoadAssignment, ProtocolError
-from common.tensor_links import TensorDelays, TensorStepDelays
+from common.tensor_links import TensorDelays, TensorStepDelays, syncs_per_step
 from common.tensor_split import tensor_shares
 from common.transport import TcpTransport, data_port
 
@@ -121,6 +121,15 @@ def test_a_step_draws_every_crossing_and_its_critical_path_is_the_injected_laten
     assert d.total_ms == 5 + 8 * (5 + 5) + 1  # the slowest link of each crossing, not the sum of all
     with pytest.raises(ValueError, match="has 35 delays, not 3"):
         TensorStepDelays.from_flat([0.0] * 3, 2, 2 * LAYERS)
+
+
+def test_one_worker_has_no_syncs_and_its_step_only_the_broadcast_and_the_output_home():
+    assert syncs_per_step(1, LAYERS) == 0 and syncs_per_step(2, LAYERS) == 2 * LAYERS
+    d = TensorDelays([LinkModel(min_ms=3, max_ms=3)], seed=0, request_number=0, n_layers=LAYERS,
+                     hidden_bytes_per_token=HIDDEN * 2, sync_bytes_per_token=HIDDEN * 4)
+    flat = d.draw_step(HIDDEN * 2)
+    step = TensorStepDelays.from_flat(flat, 1, 0)
+    assert flat == [3, 3] and step.up == () and step.sync_ms == 0 and d.total_ms == 6
 
 
 @pytest.mark.parametrize("share,message", [
