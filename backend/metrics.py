@@ -54,6 +54,10 @@ def reply_metrics(t0: float, token_times: list[float], prompt_tokens: int, injec
 class StageTotals:
     """Per-worker compute and per-link injected/transport/bytes, summed over a reply's steps."""
 
+    # What the delays added, when measured (TensorTotals); the ring's are all on its one path, so
+    # ReplyMetrics takes the drawn sum (RequestDelays.total_ms).
+    injected_ms: float | None = None
+
     def __init__(self, names: list[str], layers: list[list[int]]):
         self.stages = [{"name": n, "layers": l, "compute_ms": 0.0,
                         "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}}
@@ -130,9 +134,10 @@ class ReplyMetrics:
         self.recovery_wait_ms += ms
 
     def summary(self, failed: bool = False) -> dict:
-        m = reply_metrics(self.t0, self.token_times, self.prompt_tokens, self.delays.total_ms)
+        injected = self.delays.total_ms if self.totals.injected_ms is None else self.totals.injected_ms
+        m = reply_metrics(self.t0, self.token_times, self.prompt_tokens, injected)
         m.update(self.totals.summary())
         m["recoveries"], m["recovery_wait_ms"], m["failed"] = self.recoveries, self.recovery_wait_ms, failed
-        accounted = m["compute_ms"] + m["transport_ms"] + self.delays.total_ms + self.recovery_wait_ms
+        accounted = m["compute_ms"] + m["transport_ms"] + injected + self.recovery_wait_ms
         m["root_other_ms"] = max(0.0, m["ttlt_ms"] - accounted) if m["ttlt_ms"] is not None else None
         return m

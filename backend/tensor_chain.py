@@ -27,7 +27,7 @@ import torch
 from common.frame import FrameError, decode_frame, encode_frame
 from common.latency import sleep_exactly
 from common.protocol import ProtocolError, StepError
-from common.tensor_links import TensorStepDelays, syncs_per_step
+from common.tensor_links import TensorStepDelays, leg_delays, realized_ms, syncs_per_step
 from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
 from common.transport import Transport
 from common.reduction import reduce_partials
@@ -48,6 +48,8 @@ class _Round:
         self.arrived: list[set[int]] = [set() for _ in range(n_syncs)]
         self.partials: list[list[torch.Tensor | None]] = [[None] * n for _ in range(n_syncs)]
         self.sums: list[torch.Tensor | None] = [None] * n_syncs
+        self.arrival_ns: list[list[int]] = [[0] * n for _ in range(n_syncs)]  # the root's clock
+        self.realized_ms = 0.0  # what the delays added, barrier by barrier (common/tensor_links.realized_ms)
         self.up_transport_ms = [0.0] * n  # per worker, summed over the step's syncs
         self.sync_bytes = 0
         self.failure: WorkerFailure | None = None
@@ -58,14 +60,16 @@ class _Round:
                 self.failure = failure
             self.cond.notify_all()
 
-    def contribute(self, sync: int, rank: int, partial: torch.Tensor) -> torch.Tensor:
+    def contribute(self, sync: int, rank: int, partial: torch.Tensor, recv_ns: int) -> torch.Tensor:
         """Blocks until every rank's partial of `sync` is in; returns their sum (float32)."""
         with self.cond:
             if self.failure is None and rank in self.arrived[sync]:
                 raise ProtocolError(f"{self.names[rank]} sent {sync_label(sync)} twice")
             self.arrived[sync].add(rank)
             self.partials[sync][rank] = partial
+            self.arrival_ns[sync][rank] = recv_ns
             if len(self.arrived[sync]) == len(self.names):
+                self.realized_ms += realized_ms(self.arrival_ns[sync], leg_delays(self.delays, sync))
                 try:
                     self.sums[sync] = reduce_partials(self.partials[sync], torch.float32)
                 except ValueError as exc:  # partials of different shapes: a worker out of step
@@ -121,6 +125,8 @@ class TensorChain:
                     self._round = None
         records = [a[0] for a in answers]
         out, back_recv_ns, back_bytes = answers[0][1], answers[0][2], answers[0][3]
+        # The last barrier: every worker's answer (the root waits for all), after the last sum's down link.
+        rnd.realized_ms += realized_ms([a[2] for a in answers], leg_delays(delays, self.n_syncs)) + delays.back
         if delays.back > 0:
             sleep_exactly(delays.back / 1e3)  # worker 1's output home: its receiver (the root) waits it
         return out, tensor_step_timings(sent_ns, records, rnd, delays, back_recv_ns, back_bytes)
@@ -190,7 +196,7 @@ class TensorChain:
             return encode_frame(StepError(409, f"the root is not running step {sp.step} of {sp.request_id} "
                                                "(late or unknown)").to_dict(), None)
         try:
-            total = rnd.contribute(sp.sync, sp.rank, partial)
+            total = rnd.contribute(sp.sync, sp.rank, partial, recv_ns)
         except (WorkerFailure, ProtocolError) as exc:
             worker = getattr(exc, "worker", None)
             return encode_frame(StepError(getattr(exc, "status", 409), str(exc), worker).to_dict(), None)
@@ -209,13 +215,17 @@ class TensorChain:
 def tensor_step_timings(sent_ns: int, records: list[TensorRecord], rnd: _Round, delays: TensorStepDelays,
                         back_recv_ns: int, back_bytes: int) -> StepTimings:
     """One step's figures (backend/tensor_metrics.py sums them): per worker, the broadcast link, its
-    compute and sync time; the syncs' critical-path delay, the slowest worker's sync transport, bytes."""
+    compute and sync time; what the delays added (realized), the syncs' share of it (the realized
+    total less the broadcast's and the output's drawn delays; exact when the ranks are even), the
+    drawn critical path of the syncs, the slowest worker's sync transport, bytes."""
     stages = [{"name": r.name, "compute_ms": r.compute_ms, "sync_ms": r.sync_ms,
                "link_in": {"injected_ms": r.delay_ms, "transport_ms": max(0.0, (r.recv_ns - sent_ns) / 1e6),
                            "bytes": r.bytes_in}} for r in records]
     sync_transport = max(up + r.down_transport_ms for up, r in zip(rnd.up_transport_ms, records))
-    return {"parallelism": "tensor", "stages": stages,
+    sync_realized = max(0.0, rnd.realized_ms - max(delays.broadcast) - delays.back) if records[0].syncs else 0.0
+    return {"parallelism": "tensor", "stages": stages, "injected_ms": rnd.realized_ms,
             "link_out": {"injected_ms": delays.back, "transport_ms": max(0.0, (back_recv_ns - records[0].sent_ns) / 1e6),
                          "bytes": back_bytes},
-            "sync": {"count": records[0].syncs, "injected_ms": delays.sync_ms, "transport_ms": sync_transport,
+            "sync": {"count": records[0].syncs, "injected_ms": sync_realized, "drawn_ms": delays.sync_ms,
+                     "transport_ms": sync_transport,
                      "bytes": rnd.sync_bytes}}

@@ -4,12 +4,16 @@ The workers run each step side by side, so the reply's totals follow the critica
 - compute_ms: per step the slowest worker's compute, summed.   Per worker (stages): its own compute,
   its sync_ms (wall time in its syncs: links, delays, waiting for the slowest rank) and its
   broadcast link (link_in).
-- syncs: synchronisations (2 per layer per step). sync.injected_ms: their delays on the critical
-  path (common/tensor_links.py); sync.transport_ms: per step the slowest worker's time on the wire
+- syncs: synchronisations (2 per layer per step, none with one worker). sync.injected_ms: what their
+  delays added (the realized total less the broadcast's and output's drawn delays); sync.drawn_ms:
+  their drawn critical path, the upper bound (common/tensor_links.py); sync.transport_ms: per step the slowest worker's time on the wire
   both ways, delays not inside; sync.bytes: every partial and sum frame; sync.per_sync_ms: p50/p90 of
   the slowest worker's sync time per synchronisation, decode steps only.
 - transport_ms: per step the slowest broadcast link + the sync transport + worker 1's output home.
-- injected_latency_ms (TensorDelays.total_ms): broadcast, syncs and output home, on the critical path.
+- injected_latency_ms: what the delays of the broadcast, the syncs and the output home added to the
+  reply, measured at every barrier on the root's clock (common/tensor_links.realized_ms): a fast
+  rank's delay that hides behind a slow rank's compute adds nothing. TensorDelays.total_ms is the
+  drawn critical path, the upper bound; with one fixed delay L on every link the two are equal.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ class TensorTotals:
         self.stages = [{"name": n, "layers": [0, n_layers], "compute_ms": 0.0, "sync_ms": 0.0,
                         "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}} for n in names]
         self.link_out = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
-        self.sync = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
+        self.sync = {"injected_ms": 0.0, "drawn_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
+        self.injected_ms = 0.0  # what the delays added, measured per step (ReplyMetrics reads it)
         self.syncs = 0
         self.compute_ms = self.transport_ms = 0.0
         self.per_sync_ms: list[float] = []  # per decode step: the slowest worker's sync time / syncs
@@ -41,6 +46,8 @@ class TensorTotals:
         for key in _LINK:
             self.link_out[key] += step["link_out"][key]
             self.sync[key] += step["sync"][key]
+        self.sync["drawn_ms"] += step["sync"]["drawn_ms"]
+        self.injected_ms += step["injected_ms"]
         self.compute_ms += max(s["compute_ms"] for s in step["stages"])
         self.transport_ms += (max(s["link_in"]["transport_ms"] for s in step["stages"])
                               + step["sync"]["transport_ms"] + step["link_out"]["transport_ms"])

@@ -7,10 +7,12 @@ In tensor mode link i joins the root and worker i+1, both ways (LINK_OVERRIDES i
 Every message is drawn from its link's model with its own bytes (hidden states in the compute dtype,
 partials and sums in float32), from the request's seeded generator, in the order above.
 
-The links of a step run in parallel, so what a step is delayed by is its critical path:
+The links of a step run in parallel: at most, a step is delayed by its drawn critical path
     max(broadcast) + sum over syncs of (max(up[s]) + max(down[s])) + back
-which is what `TensorDelays.total_ms` (the reply's injected_latency_ms) adds up. With a fixed delay L
-on every link that is (2 + 4 x layers) x L per step, whatever the number of workers.
+(`TensorStepDelays.critical_ms`). What it is delayed by is less when the ranks are uneven: a fast
+rank's delay hides behind a slow rank's compute. The root measures that (`realized_ms`, per barrier,
+from the arrival times on its own clock) and reports it as the reply's injected_latency_ms. With a fixed delay L
+on every link that is (2 + 4 x layers) x L per step for 2 or more workers (2 x L for one).
 """
 from __future__ import annotations
 
@@ -71,6 +73,29 @@ class TensorStepDelays:
     @property
     def critical_ms(self) -> float:
         return max(self.broadcast) + self.sync_ms + self.back
+
+
+def realized_ms(arrivals_ns: list[int], delays_ms: list[float]) -> float:
+    """What per-rank delays added to the moment the last of N messages arrived: the receiver waits for
+    all of them, so a rank's delay hides behind a slower rank's compute. arrivals_ns[i] is when rank i's
+    message arrived (one clock: the receiver's); delays_ms[i] what rank i slept since the previous
+    barrier (a sum's down link plus its partial's up link). Without the delays the last one would have
+    arrived at max(arrival - delay) (compute and transport unchanged): the difference is what they cost.
+    Equal delays d cost exactly d; the drawn critical path, max(delays), is the upper bound."""
+    if len(arrivals_ns) != len(delays_ms) or not arrivals_ns:
+        raise ValueError(f"{len(arrivals_ns)} arrivals but {len(delays_ms)} delays")
+    first = min(arrivals_ns)  # times since the first arrival: small enough for float64 to keep every ns
+    since = [a - first for a in arrivals_ns]
+    return (max(since) - max(a - d * 1e6 for a, d in zip(since, delays_ms))) / 1e6
+
+
+def leg_delays(step: TensorStepDelays, leg: int) -> list[float]:
+    """Per rank, what it slept before its message of leg `leg` reached the root: leg s < syncs is sync
+    s's partial (after the broadcast for s = 0, else after sync s-1's sum); leg = syncs is the answer
+    that ends the step (after the last sum, or the broadcast when there are no syncs)."""
+    before = step.broadcast if leg == 0 else step.down[leg - 1]
+    after = step.up[leg] if leg < len(step.up) else (0.0,) * len(before)
+    return [b + a for b, a in zip(before, after)]
 
 
 class TensorDelays(RequestDelays):

@@ -12,7 +12,7 @@ from common.auth import HEADER, SecretSource
 from common.latency import LinkModel
 from common.placement import Shard
 from common.protocol import LoadAssignment, ProtocolError
-from common.tensor_links import TensorDelays, TensorStepDelays, syncs_per_step
+from common.tensor_links import TensorDelays, TensorStepDelays, leg_delays, realized_ms, syncs_per_step
 from common.tensor_split import tensor_shares
 from common.transport import TcpTransport, data_port
 
@@ -78,7 +78,8 @@ def test_a_step_on_two_workers_equals_the_stock_layers_and_its_delays_are_slept(
     out2, timings = chain.forward("r1", x[:, :1], 5, delays(broadcast=3, up=3, down=3, back=3))
     took_ms = (time.perf_counter() - started) * 1e3
     assert took_ms >= 3 + 8 * 6 + 3
-    assert timings["sync"]["injected_ms"] == 8 * 6 and timings["link_out"]["injected_ms"] == 3
+    assert timings["sync"]["injected_ms"] == pytest.approx(8 * 6) and timings["link_out"]["injected_ms"] == 3
+    assert timings["sync"]["drawn_ms"] == 8 * 6 and timings["injected_ms"] == pytest.approx(3 + 8 * 6 + 3)
     assert timings["sync"]["transport_ms"] >= 0  # one process: its threads' spinning makes the figure loose
     assert out2.shape == (1, 1, HIDDEN)
     for w in workers:
@@ -121,6 +122,23 @@ def test_a_step_draws_every_crossing_and_its_critical_path_is_the_injected_laten
     assert d.total_ms == 5 + 8 * (5 + 5) + 1  # the slowest link of each crossing, not the sum of all
     with pytest.raises(ValueError, match="has 35 delays, not 3"):
         TensorStepDelays.from_flat([0.0] * 3, 2, 2 * LAYERS)
+
+
+def test_what_delays_add_at_a_barrier_is_measured_not_assumed():
+    ms = 1_000_000
+    # equal delays cost exactly themselves, whatever the arrival times
+    assert realized_ms([10 * ms, 14 * ms], [3.0, 3.0]) == pytest.approx(3.0)
+    # worker 1 slept 8 ms but was 10 ms ahead of worker 2, which slept 2: only worker 2's 2 ms show
+    assert realized_ms([10 * ms, 20 * ms], [8.0, 2.0]) == pytest.approx(2.0)
+    # a slow worker's own delay shows in full
+    assert realized_ms([30 * ms, 12 * ms], [8.0, 2.0]) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="2 arrivals but 1 delays"):
+        realized_ms([1, 2], [1.0])
+    step = TensorStepDelays((1.0, 2.0), ((3.0, 4.0),), ((5.0, 6.0),), 7.0)
+    assert leg_delays(step, 0) == [4.0, 6.0]   # broadcast + the first partial's up link
+    assert leg_delays(step, 1) == [5.0, 6.0]   # the last sum's down link, then the answer
+    no_syncs = TensorStepDelays((1.0,), (), (), 7.0)
+    assert leg_delays(no_syncs, 0) == [1.0]    # one worker: the broadcast, then its answer
 
 
 def test_one_worker_has_no_syncs_and_its_step_only_the_broadcast_and_the_output_home():
