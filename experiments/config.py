@@ -2,7 +2,9 @@
 
 A sweep file (YAML or JSON) has `defaults` (any RunConfig field), a `matrix` (field -> list of values:
 their cartesian product) and/or `runs` (explicit lists of overrides). `latency_ms` may be a mapping
-nodes -> "MIN,MAX", so that the latency grows with the chain (as in the original branches).
+nodes -> "MIN,MAX", so that the latency grows with the chain (as in the original branches); a single
+number (or "MIN,MAX" with MIN = MAX) is a fixed latency. `parallelism` is pipeline (each worker a run of
+layers) or tensor (each worker a share of every layer: README, Tensor parallelism).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+PARALLELISMS = ("pipeline", "tensor")  # what PARALLELISM accepts (common/config.py)
 DEFAULT_PROMPT = "Explain in one paragraph why splitting a language model over many small devices is slow."
 
 
@@ -29,13 +32,16 @@ class RunConfig:
     seed: int = 0                  # latency generator seed
     max_context: int = 0           # MAX_CONTEXT of the root (0: the compose default); smaller reserves
                                    # less KV cache memory per worker, which a big model on one node needs
+    parallelism: str = "pipeline"  # pipeline: a run of layers per worker | tensor: a share of every layer
 
     def key(self) -> str:
         """Stable id of a configuration: what results.csv and resuming match on."""
         lo, hi = self.latency_ms
         prompt = hashlib.sha1(self.prompt.encode()).hexdigest()[:8]
         return (f"{Path(self.model).name}|{self.dtype}|n{self.nodes}|t{self.threads}|lat{lo:g}-{hi:g}"
-                f"|tok{self.tokens}|p{prompt}|s{self.seed}" + (f"|ctx{self.max_context}" if self.max_context else ""))
+                f"|tok{self.tokens}|p{prompt}|s{self.seed}" + (f"|ctx{self.max_context}" if self.max_context else "")
+                # pipeline keys stay as they were before the field existed, so old results.csv files still resume
+                + (f"|{self.parallelism}" if self.parallelism != "pipeline" else ""))
 
     def latency_label(self) -> str:
         return f"{self.latency_ms[0]:g}-{self.latency_ms[1]:g} ms"
@@ -76,6 +82,8 @@ def build(values: dict) -> RunConfig:
     cfg = RunConfig(**values, latency_ms=parse_latency(latency))
     if cfg.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {cfg.dtype!r}: this project runs float32 or bfloat16")
+    if cfg.parallelism not in PARALLELISMS:
+        raise ValueError(f"parallelism {cfg.parallelism!r}: use pipeline or tensor")
     if cfg.nodes < 1 or cfg.threads < 1 or cfg.tokens < 1 or cfg.repetitions < 1 or cfg.warmup < 0:
         raise ValueError(f"nodes, threads, tokens, repetitions must be >= 1 and warmup >= 0: {cfg}")
     if cfg.max_context < 0:
@@ -124,4 +132,4 @@ def as_row(cfg: RunConfig) -> dict:
     return {"config_key": cfg.key(), **row}
 
 
-__all__ = ["RunConfig", "build", "expand", "load", "parse_latency", "as_row", "replace"]
+__all__ = ["PARALLELISMS", "RunConfig", "build", "expand", "load", "parse_latency", "as_row", "replace"]

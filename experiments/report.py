@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 PLOTS = ("ttft_ttlt_vs_nodes.png", "decode_tok_s_vs_nodes.png", "containers_cpu_mem.png")
+MODES_PLOT = "ttlt_vs_nodes_by_mode.png"  # when the sweep has both pipeline and tensor rows
+LATENCY_PLOT = "ttlt_vs_latency.png"      # when the latency varies at a fixed node count
 
 
 def num(value) -> float | None:
@@ -46,12 +48,15 @@ def summary_rows(rows: list[dict]) -> list[dict]:
         worker_cpu = [stat(group, f"{w}_cpu_mean") for w in workers]
         worker_mem = [stat(group, f"{w}_mem_max_bytes") for w in workers]
         root_cpu, root_mem = stat(group, "root_cpu_mean"), stat(group, "root_mem_max_bytes")
+        lo, hi = num(first["latency_min_ms"]), num(first["latency_max_ms"])
         out.append({
             "config_key": key, "model": Path(first["model"]).name, "dtype": first["dtype"], "nodes": int(first["nodes"]),
-            "threads": int(first["threads"]), "latency": f"{num(first['latency_min_ms']):g}-{num(first['latency_max_ms']):g}",
+            "threads": int(first["threads"]), "latency": f"{lo:g}-{hi:g}", "latency_mid_ms": (lo + hi) / 2,
+            "parallelism": first.get("parallelism") or "pipeline",  # results.csv files older than the field: pipeline
             "replies": len(group), "tokens": first.get("completion_tokens"),
             **{m: stat(group, m) for m in ("ttft_ms", "ttlt_ms", "tpot_ms", "decode_tok_s", "compute_ms",
-                                           "transport_ms", "injected_latency_ms", "hop_transport_p50_ms")},
+                                           "transport_ms", "injected_latency_ms", "hop_transport_p50_ms", "syncs",
+                                           "sync_per_sync_p50_ms")},
             "root_cpu_mean": root_cpu["median"] if root_cpu else None,
             "worker_cpu_mean": statistics.mean(s["median"] for s in worker_cpu if s) if any(worker_cpu) else None,
             "root_mem_max_mb": root_mem["max"] / 1e6 if root_mem else None,
@@ -71,34 +76,118 @@ def _f(v, digits: int = 0) -> str:
 
 
 def markdown(summary: list[dict], title: str = "Sweep results") -> str:
-    head = ["model", "dtype", "nodes", "threads", "latency ms", "n", "TTFT ms", "TTLT ms", "TPOT ms",
+    head = ["model", "dtype", "nodes", "threads", "mode", "latency ms", "n", "TTFT ms", "TTLT ms", "TPOT ms",
             "decode tok/s", "compute ms", "transport ms", "injected ms", "hop p50 ms", "root CPU %", "worker CPU %",
             "root mem MB", "worker mem max MB"]
     lines = [f"## {title}", "", "Median (min-max) over the measured replies of each configuration; warm-up excluded.",
              "CPU: mean % of one core over a reply (root; mean of the workers); memory: max over the reply.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [s["model"], s["dtype"], s["nodes"], s["threads"], s["latency"], s["replies"],
+        cells = [s["model"], s["dtype"], s["nodes"], s["threads"], s["parallelism"], s["latency"], s["replies"],
                  _mmm(s["ttft_ms"]), _mmm(s["ttlt_ms"]), _mmm(s["tpot_ms"]), _mmm(s["decode_tok_s"], 2),
                  _mmm(s["compute_ms"]), _mmm(s["transport_ms"], 1), _mmm(s["injected_latency_ms"]),
                  _mmm(s["hop_transport_p50_ms"], 2), _f(s["root_cpu_mean"]), _f(s["worker_cpu_mean"]),
                  _f(s["root_mem_max_mb"]), _f(s["worker_mem_max_mb"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    found = crossovers(summary)
+    if found:
+        lines += ["", "### Crossover: the latency per link above which pipeline beats tensor (TTLT)", "",
+                  "Measured: where TTLT(tensor) - TTLT(pipeline) changes sign, linearly interpolated between the",
+                  "measured fixed latencies. Predicted from the 0 ms rows only: tensor pays (2 + 4 x layers) x L of",
+                  "injected latency per token and pipeline (nodes + 1) x L, so",
+                  "L* = (TTLT_pipeline(0) - TTLT_tensor(0)) / (tokens x (2 + 4 x layers - (nodes + 1))).", "",
+                  "Fitted: where least-squares lines through each mode's TTLT against L meet (every measured latency).",
+                  "none (x): the lines meet at x < 0 ms, i.e. tensor is slower at every latency.", "",
+                  "| model | dtype | threads | nodes | layers | TTLT pipeline 0 ms | TTLT tensor 0 ms | measured L* ms "
+                  "| fitted L* ms | predicted L* ms | error (predicted - measured) |", "|" + "---|" * 11]
+        for c in found:
+            measured, predicted = c["measured_ms"], c["predicted_ms"]
+            error = (f"{predicted - measured:+.2f} ms ({(predicted - measured) / measured * 100:+.0f} %)"
+                     if measured and predicted is not None and predicted >= 0 else "-")
+            lines.append(f"| {c['model']} | {c['dtype']} | {c['threads']} | {c['nodes']} | {c['layers']} "
+                         f"| {c['pipeline_0_ms']:.0f} | {c['tensor_0_ms']:.0f} "
+                         f"| {_f(measured, 2) if measured is not None else c['measured_note']} "
+                         f"| {_predicted(c['fitted_ms'])} | {_predicted(predicted)} | {error} |")
     return "\n".join(lines) + "\n"
 
 
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of y against x."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return my - slope * mx, slope
+
+
+def _predicted(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.2f}" if ms >= 0 else f"none ({ms:.2f})"
+
+
+def fixed_latency(s: dict) -> float | None:
+    lo, hi = (num(x) for x in s["latency"].split("-"))
+    return lo if lo == hi else None
+
+
+def crossovers(summary: list[dict]) -> list[dict]:
+    """Per (model, dtype, threads, nodes) swept over fixed latencies in both modes, 0 ms included: where
+    TTLT(tensor) - TTLT(pipeline) crosses zero (measured, interpolated) and where the 0 ms figures predict it."""
+    groups: dict[tuple, dict[str, dict[float, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for s in summary:
+        lat = fixed_latency(s)
+        if lat is not None and s["ttlt_ms"]:
+            groups[(s["model"], s["dtype"], s["threads"], s["nodes"])][s["parallelism"]][lat] = s
+    out = []
+    for (model, dtype, threads, nodes), modes in groups.items():
+        pipe, tens = modes.get("pipeline", {}), modes.get("tensor", {})
+        common = sorted(set(pipe) & set(tens))
+        if len(common) < 2 or common[0] != 0:
+            continue
+        t0 = tens[0]
+        tokens, syncs = num(t0.get("tokens")), (t0.get("syncs") or {}).get("median")
+        layers = round(syncs / (2 * tokens)) if tokens and syncs else None
+        gap = [(lat, tens[lat]["ttlt_ms"]["median"] - pipe[lat]["ttlt_ms"]["median"]) for lat in common]
+        measured, note = None, ""
+        for (l0, g0), (l1, g1) in zip(gap, gap[1:]):
+            if g0 <= 0 < g1 or g0 < 0 <= g1:
+                measured = l0 + (l1 - l0) * (-g0) / (g1 - g0)
+                break
+        else:
+            note = (f"none: tensor ahead up to {common[-1]:g} ms" if gap[-1][1] < 0
+                    else f"none: pipeline ahead from {common[0]:g} ms")
+        (a_p, b_p), (a_t, b_t) = (_fit([(lat, m[lat]["ttlt_ms"]["median"]) for lat in common]) for m in (pipe, tens))
+        fitted = (a_p - a_t) / (b_t - b_p) if b_t != b_p else None
+        per_ms = tokens * (2 + 4 * layers - (nodes + 1)) if layers else None
+        predicted = (pipe[0]["ttlt_ms"]["median"] - t0["ttlt_ms"]["median"]) / per_ms if per_ms else None
+        out.append({"model": model, "dtype": dtype, "threads": threads, "nodes": nodes, "layers": layers,
+                    "pipeline_0_ms": pipe[0]["ttlt_ms"]["median"], "tensor_0_ms": t0["ttlt_ms"]["median"],
+                    "measured_ms": measured, "measured_note": note, "fitted_ms": fitted, "predicted_ms": predicted,
+                    "slope_pipeline": b_p, "slope_tensor": b_t})
+    return sorted(out, key=lambda c: (c["model"], c["dtype"], c["threads"], c["nodes"]))
+
+
 def series(summary: list[dict]) -> dict[str, list[dict]]:
-    """Lines of the node-count plots: one per model, dtype, threads (and latency, when it varies apart from nodes)."""
+    """Lines of the node-count plots: one per model, dtype, threads, mode (and latency, when it varies apart from nodes)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for s in summary:
-        groups[(s["model"], s["dtype"], s["threads"])].append(s)
+        groups[(s["model"], s["dtype"], s["threads"], s["parallelism"])].append(s)
+    both = len({s["parallelism"] for s in summary}) > 1
     out = {}
-    for (model, dtype, threads), items in groups.items():
+    for (model, dtype, threads, mode), items in groups.items():
         split = len({i["nodes"] for i in items}) < len(items)  # several latencies per node count
         for i in items:
-            label = f"{model} {dtype} t{threads}" + (f" {i['latency']} ms" if split else "")
+            label = f"{model} {dtype} t{threads}" + (f" {mode}" if both or mode != "pipeline" else "") + (
+                f" {i['latency']} ms" if split else "")
             out.setdefault(label, []).append(i)
     return {k: sorted(v, key=lambda i: i["nodes"]) for k, v in out.items()}
+
+
+def latency_varies_at_fixed_nodes(summary: list[dict]) -> bool:
+    seen: dict[tuple, set] = defaultdict(set)
+    for s in summary:
+        seen[(s["model"], s["dtype"], s["threads"], s["parallelism"], s["nodes"])].add(s["latency"])
+    return any(len(v) > 1 for v in seen.values())
 
 
 def _line(ax, label: str, items: list[dict], metric: str, scale: float = 1.0) -> None:
@@ -166,7 +255,64 @@ def plot(summary: list[dict], rows: list[dict], out_dir: Path) -> list[Path]:
     paths.append(out_dir / PLOTS[2])
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    if len({s["parallelism"] for s in summary}) > 1 and len(nodes) > 1 and not latency_varies_at_fixed_nodes(summary):
+        paths.append(plot_modes_against_nodes(plt, summary, out_dir / MODES_PLOT))
+    if latency_varies_at_fixed_nodes(summary):
+        paths.append(plot_against_latency(plt, summary, out_dir / LATENCY_PLOT))
     return paths
+
+
+def plot_modes_against_nodes(plt, summary: list[dict], path: Path) -> Path:
+    """TTLT against node count, pipeline and tensor as separate lines; each tick names its node count's latency."""
+    nodes = sorted({s["nodes"] for s in summary})
+    ranges = {n: sorted({s["latency"] for s in summary if s["nodes"] == n}) for n in nodes}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for label, items in series(summary).items():
+        mode = items[0]["parallelism"]
+        pts = [i for i in items if i["ttlt_ms"]]
+        med = [i["ttlt_ms"]["median"] / 1e3 for i in pts]
+        err = [[(i["ttlt_ms"]["median"] - i["ttlt_ms"]["min"]) / 1e3 for i in pts],
+               [(i["ttlt_ms"]["max"] - i["ttlt_ms"]["median"]) / 1e3 for i in pts]]
+        ax.errorbar([i["nodes"] for i in pts], med, yerr=err, capsize=3, label=label,
+                    marker="o" if mode == "pipeline" else "s", linestyle="-" if mode == "pipeline" else "--")
+        for i, y in zip(pts, med):
+            ax.annotate(f"{y:.1f}", (i["nodes"], y), fontsize=7, textcoords="offset points", xytext=(5, -3))
+    ax.set_xticks(nodes, [f"{n}\n{', '.join(ranges[n])} ms" for n in nodes])
+    ax.set(xlabel="nodes (workers); latency range per link", ylabel="TTLT (s)",
+           title="TTLT against node count: pipeline and tensor parallelism")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, "points: median (labelled, s); bars: min-max", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_against_latency(plt, summary: list[dict], path: Path) -> Path:
+    """TTLT against the latency per link (a range's midpoint), one line per (mode, nodes)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for s in summary:
+        groups[(s["model"], s["dtype"], s["threads"], s["parallelism"], s["nodes"])].append(s)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for (model, dtype, threads, mode, nodes), items in sorted(groups.items()):
+        pts = sorted((i for i in items if i["ttlt_ms"]), key=lambda i: i["latency_mid_ms"])
+        med = [i["ttlt_ms"]["median"] / 1e3 for i in pts]
+        err = [[(i["ttlt_ms"]["median"] - i["ttlt_ms"]["min"]) / 1e3 for i in pts],
+               [(i["ttlt_ms"]["max"] - i["ttlt_ms"]["median"]) / 1e3 for i in pts]]
+        ax.errorbar([i["latency_mid_ms"] for i in pts], med, yerr=err, capsize=3,
+                    label=f"{mode}, {nodes} nodes ({model} {dtype} t{threads})",
+                    marker="o" if mode == "pipeline" else "s", linestyle="-" if mode == "pipeline" else "--")
+    ax.set(xlabel="latency per link (ms; a range's midpoint)", ylabel="TTLT (s)",
+           title="TTLT against link latency, per mode and node count")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, "points: median; bars: min-max", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_report(rows: list[dict], out_dir: Path, title: str) -> tuple[Path, list[Path]]:

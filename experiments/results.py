@@ -40,11 +40,18 @@ def chain_names(containers: list[str]) -> dict[str, str]:
 def flatten(metrics: dict) -> dict:
     """A reply's metrics as flat columns (stages and containers numbered / named)."""
     row = {k: metrics.get(k) for k in SCALARS}
+    row["syncs"] = metrics.get("syncs")  # tensor mode: 2 per layer per step; 0 in a pipeline
+    sync = metrics.get("sync")
+    if sync:  # tensor mode: the synchronisations' share of the reply (backend/tensor_metrics.py)
+        row["sync_injected_ms"], row["sync_transport_ms"] = sync["injected_ms"], sync["transport_ms"]
+        row["sync_per_sync_p50_ms"] = (sync.get("per_sync_ms") or {}).get("p50")
     for group in ("itl_ms", "hop_transport_ms"):
         for k, v in (metrics.get(group) or {}).items():
             row[f"{group.removesuffix('_ms')}_{k}_ms"] = v
     for i, stage in enumerate(metrics.get("stages") or [], start=1):
         row[f"stage{i}_compute_ms"] = stage["compute_ms"]
+        if "sync_ms" in stage:
+            row[f"stage{i}_sync_ms"] = stage["sync_ms"]
         row[f"stage{i}_layers"] = f"{stage['layers'][0]}-{stage['layers'][1] - 1}"
         row[f"link{i - 1}_transport_ms"] = stage["link_in"]["transport_ms"]
         row[f"link{i - 1}_injected_ms"] = stage["link_in"]["injected_ms"]

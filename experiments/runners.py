@@ -22,7 +22,7 @@ def compose_env(cfg: RunConfig, web_port: int) -> dict:
     """The variables that give the compose cluster this configuration's shape (docker-compose.yml reads them)."""
     env = {"NODES": str(cfg.nodes), "WORKER_CPUS": str(cfg.threads), "DTYPE": cfg.dtype,
            "LATENCY_MIN_MS": f"{cfg.latency_ms[0]:g}", "LATENCY_MAX_MS": f"{cfg.latency_ms[1]:g}",
-           "LATENCY_SEED": str(cfg.seed), "WEB_PORT": str(web_port)}
+           "LATENCY_SEED": str(cfg.seed), "PARALLELISM": cfg.parallelism, "WEB_PORT": str(web_port)}
     if cfg.max_context:
         env["MAX_CONTEXT"] = str(cfg.max_context)
     if is_preset(cfg.model):
@@ -75,7 +75,7 @@ class LocalRunner:
         from backend.local import LocalCluster
         lo, hi = cfg.latency_ms
         with LocalCluster(cfg.model, workers=cfg.nodes, threads=cfg.threads, latency_ms=f"{lo:g},{hi:g}",
-                          dtype=cfg.dtype, seed=cfg.seed, log_dir=self.log_dir) as c:
+                          dtype=cfg.dtype, seed=cfg.seed, parallelism=cfg.parallelism, log_dir=self.log_dir) as c:
             yield c.url
 
     def close(self, remove_volume: bool = False) -> None:

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import pytest
 
 from experiments import config as sc
+from experiments import report
 from experiments.report import markdown, series, summary_rows, write_report
 from experiments.results import append_rows, chain_names, done_keys, flatten, pending, read_rows, short_name
 from experiments.runners import LocalRunner, compose_env
@@ -44,6 +45,7 @@ def test_parse_latency(value, expected):
     ({"dtype": "q40"}, "float32 or bfloat16"),
     ({"repetitions": 0}, ">= 1"),
     ({"max_context": -1}, "max_context must be >= 0"),
+    ({"parallelism": "data"}, "parallelism 'data': use pipeline or tensor"),
 ])
 def test_bad_configurations_are_refused_with_the_reason(values, message):
     with pytest.raises(ValueError, match=message):
@@ -54,9 +56,22 @@ def test_keys_are_stable_and_distinguish_every_setting():
     a = sc.build({"nodes": 4, "latency_ms": "10,50"})
     assert a.key() == sc.build({"nodes": 4, "latency_ms": [10, 50]}).key()
     variants = [{"nodes": 2}, {"threads": 2}, {"dtype": "bfloat16"}, {"latency_ms": "10,60"}, {"tokens": 9},
-                {"prompt": "other"}, {"seed": 1}, {"model": "tiny"}, {"max_context": 1024}]
+                {"prompt": "other"}, {"seed": 1}, {"model": "tiny"}, {"max_context": 1024}, {"parallelism": "tensor"}]
     keys = {sc.build({"nodes": 4, "latency_ms": "10,50", **v}).key() for v in variants}
     assert len(keys) == len(variants) and a.key() not in keys
+
+
+def test_parallelism_is_a_dimension_and_pipeline_keys_stay_as_before():
+    spec = {"defaults": {"latency_ms": BRANCH_LATENCY},
+            "matrix": {"nodes": [2, 4], "parallelism": ["pipeline", "tensor"], "latency_ms": [0, "5"]}}
+    runs = sc.expand(spec)
+    assert [(r.nodes, r.parallelism, r.latency_ms) for r in runs] == [
+        (n, p, (lat, lat)) for n in (2, 4) for p in ("pipeline", "tensor") for lat in (0, 5)]  # a fixed latency
+    pipe, tensor = sc.build({"nodes": 2}), sc.build({"nodes": 2, "parallelism": "tensor"})
+    # results.csv files written before the field existed hold pipeline rows under the old key
+    assert pipe.key() == "llama-3.2-1b|float32|n2|t1|lat0-0|tok8|pa28ef276|s0"
+    assert tensor.key() == pipe.key() + "|tensor"
+    assert sc.as_row(tensor)["parallelism"] == "tensor" and sc.RunConfig().parallelism == "pipeline"
 
 
 def test_yaml_and_json_files_load_the_same(tmp_path):
@@ -79,8 +94,9 @@ def test_compose_env_reshapes_the_cluster_through_its_variables():
     env = compose_env(sc.build({"model": "llama-3.2-1b", "nodes": 8, "threads": 2, "latency_ms": "80,160",
                                 "dtype": "bfloat16"}), 3201)
     assert env == {"NODES": "8", "WORKER_CPUS": "2", "DTYPE": "bfloat16", "LATENCY_MIN_MS": "80",
-                   "LATENCY_MAX_MS": "160", "LATENCY_SEED": "0", "WEB_PORT": "3201",
+                   "LATENCY_MAX_MS": "160", "LATENCY_SEED": "0", "PARALLELISM": "pipeline", "WEB_PORT": "3201",
                    "MODEL_PRESET": "llama-3.2-1b", "MODEL_PATH": ""}
+    assert compose_env(sc.build({"parallelism": "tensor"}), 3201)["PARALLELISM"] == "tensor"
     assert compose_env(sc.build({"model": "/x/models/llama-3.2-1b-real"}), 3201)["MODEL_PATH"] == "/models/llama-3.2-1b-real"
     assert compose_env(sc.build({"max_context": 1024}), 3201)["MAX_CONTEXT"] == "1024"
 
@@ -206,6 +222,48 @@ def test_summary_groups_by_configuration_with_median_min_max(tmp_path, fake_requ
     assert list(series(summary)) == ["llama-3.2-1b float32 t1"]
     md = markdown(summary)
     assert md.count("\n| llama-3.2-1b |") == 2 and "102 (102-102)" in md
+
+
+def fake_row(nodes, mode, latency, ttlt_ms, tokens=4, layers=2, rep=0):
+    cfg = sc.build({"nodes": nodes, "parallelism": mode, "latency_ms": latency, "tokens": tokens})
+    return {**sc.as_row(cfg), "repetition": rep, "completion_tokens": tokens, "ttft_ms": ttlt_ms / 2,
+            "ttlt_ms": ttlt_ms, "tpot_ms": 10, "decode_tok_s": 1e3 / ttlt_ms, "compute_ms": 100,
+            "syncs": 2 * layers * tokens if mode == "tensor" else 0, "root_cpu_mean": 50, "root_mem_max_bytes": 1e9,
+            "worker-1_cpu_mean": 40, "worker-1_mem_max_bytes": 5e8}
+
+
+def test_the_crossover_is_interpolated_and_predicted_from_the_zero_latency_rows():
+    # 2 layers, 4 tokens, 2 nodes: tensor crosses 2 + 4 x 2 = 10 links per token, pipeline 3
+    pipe = {lat: 1000 + 4 * 3 * lat for lat in (0, 10, 20)}
+    tensor = {lat: 600 + 4 * 10 * lat for lat in (0, 10, 20)}
+    rows = ([fake_row(2, "pipeline", lat, t) for lat, t in pipe.items()]
+            + [fake_row(2, "tensor", lat, t) for lat, t in tensor.items()])
+    [c] = report.crossovers(summary_rows(rows))
+    assert (c["nodes"], c["layers"], c["pipeline_0_ms"], c["tensor_0_ms"]) == (2, 2, 1000, 600)
+    assert c["measured_ms"] == pytest.approx(10 + 10 * 120 / 280)  # gap -120 at 10 ms, +160 at 20 ms
+    assert c["predicted_ms"] == pytest.approx(400 / (4 * (10 - 3)))
+    md = markdown(summary_rows(rows))
+    assert c["fitted_ms"] == pytest.approx(c["predicted_ms"])  # on exact lines all three agree
+    assert "| tensor | 20-20 |" in md and "| 14.29 | 14.29 | 14.29 | +0.00 ms (+0 %) |" in md
+
+
+def test_both_modes_plot_ttlt_against_nodes_and_a_latency_sweep_plots_against_latency(tmp_path):
+    ranges = {1: "0,10", 2: "40,80", 4: "60,120", 8: "80,160"}
+    rows = [fake_row(n, mode, ranges[n], 1000 * n * (3 if mode == "tensor" else 1), rep=rep)
+            for n in ranges for mode in ("pipeline", "tensor") for rep in (0, 1)]
+    (tmp_path / "modes").mkdir()
+    md, plots = write_report(rows, tmp_path / "modes", "modes")
+    assert [p.name for p in plots] == [*report.PLOTS, report.MODES_PLOT]
+    assert "llama-3.2-1b float32 t1 tensor" in series(summary_rows(rows))
+    assert md.read_text().count("| tensor |") == 4 and "Crossover" not in md.read_text()
+    latency_rows = [fake_row(n, mode, lat, 1000 + lat * (40 if mode == "tensor" else 12) - n)
+                    for n in (2, 4) for mode in ("pipeline", "tensor") for lat in (0, 1, 2, 5, 10)]
+    (tmp_path / "latency").mkdir()
+    md, plots = write_report(latency_rows, tmp_path / "latency", "latency")
+    assert [p.name for p in plots] == [*report.PLOTS, report.LATENCY_PLOT]
+    assert md.read_text().count("\n| llama-3.2-1b | float32 | 1 |") == 2  # a crossover row per node count
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
 def test_a_real_tiny_sweep_writes_csv_summary_and_plots(tmp_path, tiny_model, logs_dir):
