@@ -47,7 +47,7 @@ def summarize(replies: list[dict], n_layers: int) -> dict:
     out = {"decode_tok_s": stats.summarize([m["decode_tok_s"] for m in full]),
            "tpot_ms": stats.summarize([m["tpot_ms"] for m in full]),
            "decode_step_ms": decode_step(replies)}
-    if full[0].get("parallelism") == "tensor":
+    if full[0].get("parallelism") == "tensor" and full[0]["syncs"]:  # one worker has none
         per_sync = [m["sync"]["per_sync_ms"]["p50"] for m in full]
         out["sync_per_layer_ms"] = {"p50": 2 * statistics.median(per_sync),
                                     "p90": 2 * statistics.median(m["sync"]["per_sync_ms"]["p90"] for m in full)}

@@ -271,23 +271,33 @@ def plot_modes_against_nodes(plt, summary: list[dict], path: Path) -> Path:
     for label, items in series(summary).items():
         mode = items[0]["parallelism"]
         pts = [i for i in items if i["ttlt_ms"]]
-        med = [i["ttlt_ms"]["median"] / 1e3 for i in pts]
-        err = [[(i["ttlt_ms"]["median"] - i["ttlt_ms"]["min"]) / 1e3 for i in pts],
-               [(i["ttlt_ms"]["max"] - i["ttlt_ms"]["median"]) / 1e3 for i in pts]]
-        ax.errorbar([i["nodes"] for i in pts], med, yerr=err, capsize=3, label=label,
-                    marker="o" if mode == "pipeline" else "s", linestyle="-" if mode == "pipeline" else "--")
+        med = _ttlt_line(ax, pts, "nodes", label, mode)
         for i, y in zip(pts, med):
             ax.annotate(f"{y:.1f}", (i["nodes"], y), fontsize=7, textcoords="offset points", xytext=(5, -3))
     ax.set_xticks(nodes, [f"{n}\n{', '.join(ranges[n])} ms" for n in nodes])
     ax.set(xlabel="nodes (workers); latency range per link", ylabel="TTLT (s)",
            title="TTLT against node count: pipeline and tensor parallelism")
+    return _save(plt, fig, ax, path, "points: median (labelled, s); bars: min-max")
+
+
+def _save(plt, fig, ax, path: Path, note: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, "points: median (labelled, s); bars: min-max", fontsize=7)
+    fig.text(0.01, 0.01, note, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _ttlt_line(ax, pts: list[dict], x: str, label: str, mode: str) -> list[float]:
+    """One mode's TTLT medians (s) against `x`, min-max as error bars; pipeline solid, tensor dashed."""
+    med = [i["ttlt_ms"]["median"] / 1e3 for i in pts]
+    err = [[(i["ttlt_ms"]["median"] - i["ttlt_ms"]["min"]) / 1e3 for i in pts],
+           [(i["ttlt_ms"]["max"] - i["ttlt_ms"]["median"]) / 1e3 for i in pts]]
+    ax.errorbar([i[x] for i in pts], med, yerr=err, capsize=3, label=label,
+                marker="o" if mode == "pipeline" else "s", linestyle="-" if mode == "pipeline" else "--")
+    return med
 
 
 def plot_against_latency(plt, summary: list[dict], path: Path) -> Path:
@@ -298,21 +308,10 @@ def plot_against_latency(plt, summary: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for (model, dtype, threads, mode, nodes), items in sorted(groups.items()):
         pts = sorted((i for i in items if i["ttlt_ms"]), key=lambda i: i["latency_mid_ms"])
-        med = [i["ttlt_ms"]["median"] / 1e3 for i in pts]
-        err = [[(i["ttlt_ms"]["median"] - i["ttlt_ms"]["min"]) / 1e3 for i in pts],
-               [(i["ttlt_ms"]["max"] - i["ttlt_ms"]["median"]) / 1e3 for i in pts]]
-        ax.errorbar([i["latency_mid_ms"] for i in pts], med, yerr=err, capsize=3,
-                    label=f"{mode}, {nodes} nodes ({model} {dtype} t{threads})",
-                    marker="o" if mode == "pipeline" else "s", linestyle="-" if mode == "pipeline" else "--")
+        _ttlt_line(ax, pts, "latency_mid_ms", f"{mode}, {nodes} nodes ({model} {dtype} t{threads})", mode)
     ax.set(xlabel="latency per link (ms; a range's midpoint)", ylabel="TTLT (s)",
            title="TTLT against link latency, per mode and node count")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, "points: median; bars: min-max", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, "points: median; bars: min-max")
 
 
 def write_report(rows: list[dict], out_dir: Path, title: str) -> tuple[Path, list[Path]]:

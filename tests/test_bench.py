@@ -125,7 +125,7 @@ def test_judge_reports_each_target_honestly():
 
 def tensor_reply(compute: float, sync_ms: list[float], per_sync_p50: float, sync_bytes: int, tokens: int = 9,
                  tok_s: float = 4.0) -> dict:
-    return {"parallelism": "tensor", "tpot_ms": 100.0, "compute_ms": compute, "transport_ms": 10.0 * tokens,
+    return {"parallelism": "tensor", "syncs": 8 * tokens, "tpot_ms": 100.0, "compute_ms": compute, "transport_ms": 10.0 * tokens,
             "injected_latency_ms": 0.0, "completion_tokens": tokens, "decode_tok_s": tok_s,
             "stages": [{"sync_ms": s} for s in sync_ms],
             "sync": {"bytes": sync_bytes, "per_sync_ms": {"p50": per_sync_p50, "p90": 2 * per_sync_p50}}}
@@ -140,6 +140,14 @@ def test_tensor_decode_step_takes_the_slowest_workers_sync_time_net_of_the_prefi
     assert s["sync_per_layer_ms"]["p50"] == pytest.approx(0.8)  # two syncs per layer
     assert s["syncs_per_step"] == 44
     assert s["sync_bytes_per_step"] == pytest.approx(1000.0)   # (9000 - 1000) / 8
+
+
+def test_one_tensor_worker_has_no_sync_figures():
+    one = {**tensor_reply(900.0, [0.0], 0.0, 0), "syncs": 0}
+    one["sync"]["per_sync_ms"] = {"p50": None, "p90": None}
+    pre = {**tensor_reply(100.0, [0.0], 0.0, 0, tokens=1), "syncs": 0}
+    s = summarize_tensor([{"full": one, "prefill": pre}], n_layers=22)
+    assert "sync_per_layer_ms" not in s and s["decode_step_ms"]["sync_wall_ms"] == 0
 
 
 def test_paired_speedup_is_the_median_of_back_to_back_ratios():
