@@ -16,11 +16,16 @@ from transformers.cache_utils import DynamicCache
 
 from common.gemv import use_gemv
 from common.model_info import load_config, model_family
+from common.model_family import import_all
 from common.placement import Shard
 from common.dtypes import QUANTIZED, torch_dtype
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names
 
 from .quantize import quantize_int8, quantized_weight_bytes
+
+
+import_all()  # at start, not at the first load (common/model_family.import_all says why)
+
 
 def release_freed_memory() -> None:
     """Hands the loader's freed copies (dtype casts, float32 layers before int8) back to the system:
