@@ -14,6 +14,7 @@ import statistics
 
 from . import stats
 from .common import REPO, emit, interleaved_runs, mmm, model_and_prompt, print_table, quiet_env
+from .pipeline import decode_breakdown
 
 LOGS = REPO / "artifacts" / "bench-logs"
 
@@ -26,20 +27,15 @@ def clusters_for(model, dtype: str, threads: int, workers: int):
 
 
 def decode_step(replies: list[dict]) -> dict:
-    """Median over repeats of one decode step's parts (full reply minus its 1-token twin), in ms."""
-    parts = []
-    for r in replies:
+    """bench.pipeline's decode_breakdown (medians over repeats of one decode step's parts, full reply minus
+    its 1-token twin) plus the slowest worker's wall time in syncs per step, in ms."""
+    def sync_wall(r: dict) -> float:
         full, pre = r["full"], r["prefill"]
+        if full.get("parallelism") != "tensor":
+            return 0.0
         steps = full["completion_tokens"] - 1
-        tensor = full.get("parallelism") == "tensor"
-        sync_wall = (max(s["sync_ms"] for s in full["stages"]) - max(s["sync_ms"] for s in pre["stages"])
-                     if tensor else 0.0)
-        step = stats.step_breakdown(full["tpot_ms"], full["compute_ms"] - pre["compute_ms"],
-                                    full["transport_ms"] - pre["transport_ms"],
-                                    full["injected_latency_ms"] - pre["injected_latency_ms"], steps)
-        step["sync_wall_ms"] = sync_wall / steps
-        parts.append(step)
-    return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+        return (max(s["sync_ms"] for s in full["stages"]) - max(s["sync_ms"] for s in pre["stages"])) / steps
+    return {**decode_breakdown(replies), "sync_wall_ms": statistics.median(sync_wall(r) for r in replies)}
 
 
 def summarize(replies: list[dict], n_layers: int) -> dict:

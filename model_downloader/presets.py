@@ -4,7 +4,7 @@ The arithmetic helpers are pure and import nothing heavy, so the root and the wo
 for memory estimates without loading transformers.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.model_family import FAMILIES
 
@@ -161,53 +161,38 @@ PRESETS: dict[str, ModelPreset] = {
         eos_token="<|im_end|>",
         dtype="float32",  # tiny anyway; float32 keeps test comparisons exact
     ),
-    # Qwen/Qwen3-0.6B and Qwen/Qwen3-1.7B config.json (transformers 4.51): rope_theta 1e6, no rope
-    # scaling, rms_norm_eps 1e-6, no sliding window, bos 151643 (<|endoftext|>), eos 151645 (<|im_end|>).
-    "qwen3-0.6b": ModelPreset(
-        name="qwen3-0.6b",
-        description="Shape of Qwen/Qwen3-0.6B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)",
-        model_type="qwen3",
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        max_position_embeddings=40960,
-        rope_theta=1000000.0,
-        rope_scaling=None,
-        tie_word_embeddings=True,
-        rms_norm_eps=1e-6,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        dtype="bfloat16",
-    ),
-    "qwen3-1.7b": ModelPreset(
-        name="qwen3-1.7b",
-        description="Shape of Qwen/Qwen3-1.7B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)",
-        model_type="qwen3",
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        max_position_embeddings=40960,
-        rope_theta=1000000.0,
-        rope_scaling=None,
-        tie_word_embeddings=True,
-        rms_norm_eps=1e-6,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        dtype="bfloat16",
-    ),
 }
+
+
+# Qwen/Qwen3-0.6B and Qwen/Qwen3-1.7B config.json (transformers 4.51): rope_theta 1e6, no rope
+# scaling, rms_norm_eps 1e-6, no sliding window, bos 151643 (<|endoftext|>), eos 151645 (<|im_end|>).
+# 1.7B differs only in its widths.
+QWEN3_0_6B = ModelPreset(
+    name="qwen3-0.6b",
+    description="Shape of Qwen/Qwen3-0.6B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)",
+    model_type="qwen3",
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    max_position_embeddings=40960,
+    rope_theta=1000000.0,
+    rope_scaling=None,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+    bos_token_id=151643,
+    eos_token_id=151645,
+    bos_token="<|endoftext|>",
+    eos_token="<|im_end|>",
+    dtype="bfloat16",
+)
+PRESETS["qwen3-0.6b"] = QWEN3_0_6B
+PRESETS["qwen3-1.7b"] = replace(
+    QWEN3_0_6B, name="qwen3-1.7b", hidden_size=2048, intermediate_size=6144,
+    description="Shape of Qwen/Qwen3-1.7B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)")
 
 
 def preset_from_config(config: dict, name: str = "custom") -> ModelPreset:
