@@ -67,4 +67,5 @@ COPY backend ./backend
 COPY worker ./worker
 COPY frontend ./frontend
 COPY model_downloader ./model_downloader
+COPY profiles ./profiles
 USER app

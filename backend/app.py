@@ -97,6 +97,7 @@ def create_app(settings: RootSettings | None = None, runtime: Runtime | None = N
                         "root_tensors": [], "workers": [], "chain": [], "ready": False,
                         "placement": startup.refused.describe() if startup.refused else None,
                         "reason": startup.reason, "state": startup.state, "stats_source": "none",
+                        "compute": settings.compute, "tokens_are_real": settings.compute == "real",
                         "max_concurrent": settings.max_concurrent})
 
     @app.get("/api/stats")

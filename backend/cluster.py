@@ -29,11 +29,16 @@ class Cluster:
     def __init__(self, workers: list[tuple[str, str]], placement: Placement, model_path: str, dtype: str,
                  return_address: str, control: ControlClient, check_interval_s: float = 1.0,
                  rediscover: Callable[[], list[tuple[str, str]]] | None = None,
-                 shares: list[TensorShare] | None = None):
+                 shares: list[TensorShare] | None = None, devices: list[str] | None = None,
+                 compute: str = "real"):
         """rediscover(): the workers' current (name, url), for a swarm whose tasks move between hosts.
-        shares: tensor mode, each worker's part of every layer (its partials go to the root)."""
+        shares: tensor mode, each worker's part of every layer (its partials go to the root).
+        devices: the device profile each worker plays, in discovery order (None: each its host share).
+        compute: real | modelled (the workers take their layers' modelled time instead of running them)."""
         self.placement, self.model_path, self.dtype, self.return_address = placement, model_path, dtype, return_address
         self.order = [name for name, _ in workers]  # discovery order, idle workers included
+        self.device_of = dict(zip(self.order, devices or ["host"] * len(workers)))
+        self.compute = compute
         self.tensor_shares = shares
         self._place(workers)
         self.control, self.check_interval_s, self.rediscover = control, check_interval_s, rediscover
@@ -55,12 +60,14 @@ class Cluster:
         self.shares = {w.name: shares[i] for i, w in enumerate(self.specs)} if shares else {}
         if shares:  # tensor mode: every worker sends its partials to the root
             self.assignments = {w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
-                                                       self.return_address, share=shares[i])
+                                                       self.return_address, share=shares[i],
+                                                       device=self.device_of[w.name], compute=self.compute)
                                 for i, w in enumerate(self.specs)}
         else:
             self.assignments = {
                 w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
-                                       self.specs[i + 1].address if i + 1 < len(self.specs) else self.return_address)
+                                       self.specs[i + 1].address if i + 1 < len(self.specs) else self.return_address,
+                                       device=self.device_of[w.name], compute=self.compute)
                 for i, w in enumerate(self.specs)}
 
     def follow(self) -> None:
@@ -136,6 +143,12 @@ class Cluster:
                 out.append(f"{w.name} is {s['status']}" + (f" ({s['error']})" if s["error"] else ""))
         return out
 
+    def load_errors(self) -> list[str]:
+        """Each worker whose load was refused or failed ('worker-2: cannot play rpi5 ...'): the same
+        slice is not tried again, so a cluster that never ran this way will not start."""
+        return [f"{w.name}: {self.status[w.name]['error']}" for w in self.specs
+                if self.status[w.name]["status"] == "error"]
+
     def reason(self) -> str:
         return "; ".join(self.not_ready()) or "ready"
 
@@ -163,7 +176,8 @@ class Cluster:
             entry = {"name": name, "url": urls[name], "layers": layers.get(name), "idle": name not in layers,
                      "threads": s["threads"], "status": s["status"], "error": s["error"],
                      "memory_limit_bytes": device.get("memory_limit_bytes"),
-                     "memory_available_bytes": device.get("memory_available_bytes")}
+                     "memory_available_bytes": device.get("memory_available_bytes"),
+                     "plays": device.get("plays")}  # the device it plays and its measured stretch factor
             if name in self.shares:  # tensor mode: which heads and MLP columns of every layer it holds
                 share = self.shares[name]
                 entry["share"] = {**share.to_dict(), "label": share.label(), "n_q_heads": share.n_q_heads,

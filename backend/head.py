@@ -1,13 +1,18 @@
-"""The root's part of the model: tokenizer-side tensors only (embedding, final norm, LM head)."""
+"""The root's part of the model: tokenizer-side tensors only (embedding, final norm, LM head); with modelled
+compute, none (ModelledHead)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from common.cost_model import LayerShape, head_cost
 from common.gemv import linear as gemv_linear
+from common.latency import sleep_exactly
 from common.model_info import load_config, model_family
-from common.dtypes import torch_dtype
+from common.dtypes import compute_dtype_name, torch_dtype
+from common.profiles import DeviceProfile
 from common.weights import WeightIndex
 
 EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
@@ -47,3 +52,41 @@ class HeadModel:
     def lm_head(self, last: torch.Tensor) -> torch.Tensor:
         project = gemv_linear if self.gemv else torch.nn.functional.linear
         return project(last, self.lm_head_weight)[0, -1].float()
+
+
+class ModelledHead:
+    """HeadModel's interface for modelled compute (COMPUTE=modelled): no weights are read, the embedding is
+    zeros of the real shape (so the links carry real sizes), and each logits step takes the LM head's
+    modelled time on the root's device, then makes `token_id` certain: never an end of sequence, so a
+    reply runs to max_tokens. The text is the tokenizer's, real-looking and meaningless."""
+
+    def __init__(self, model_dir: str | Path, dtype_name: str, profile: DeviceProfile, token_id: int):
+        self.config = load_config(model_dir)
+        self.dtype = torch_dtype(compute_dtype_name(dtype_name))  # q40/q80 compute in float32
+        self.loaded_tensor_names: list[str] = []
+        self.weight_bytes = 0
+        self.device, self.token_id = profile, token_id
+        shape = LayerShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
+        self.logits_ms = head_cost(profile, dtype_name, shape).total_ms
+        # (vocab,) float32: every other token impossible, whatever the sampling settings
+        self._logits = torch.full((self.config.vocab_size,), float("-inf"))
+        self._logits[token_id] = 0.0
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        """ids (T,) -> zeros (1, T, hidden)."""
+        return torch.zeros(1, len(token_ids), self.config.hidden_size, dtype=self.dtype)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (1, T, hidden) -> (vocab,) float32 logits that pick token_id, after the LM head's modelled time."""
+        sleep_exactly(self.logits_ms / 1e3)
+        return self._logits
+
+
+def filler_token(tokenizer, eos_ids: list[int], word: str = " modelled") -> int:
+    """The token every modelled step yields: the first piece of `word` (the text then reads "model model
+    ..."), or failing that the lowest id that is no special token; never an end of sequence."""
+    banned = set(eos_ids) | set(getattr(tokenizer, "all_special_ids", []) or [])
+    for token in tokenizer.encode(word, add_special_tokens=False):
+        if token not in banned:
+            return token
+    return next(i for i in range(len(tokenizer)) if i not in banned)

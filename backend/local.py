@@ -20,6 +20,8 @@ import requests
 
 from common.auth import HEADER as SECRET_HEADER
 from common.health import wait_healthy
+from common.profiles import ProfileError, devices_for
+from common.profiles import network as network_profile
 from common.transport import data_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,13 +68,21 @@ def free_port_pair() -> int:
 class LocalCluster:
     """Start with .start(), stop with .stop() (or use as a context manager)."""
 
-    def __init__(self, model: str, workers: int = 2, threads: int = 1, latency_ms: str = "0,0",
+    def __init__(self, model: str, workers: int = 2, threads: int = 1, latency_ms: str | None = None,
                  port: int | None = None, dtype: str = "float32", layer_split: str = "", seed: int = 0,
                  extra_env: dict | None = None, log_dir: Path | None = None, repo: Path = REPO,
-                 parallelism: str = "pipeline"):
+                 parallelism: str = "pipeline", devices: str = "", network: str = ""):
+        """latency_ms: "MIN,MAX" on every link; None: 0 ms, or the named network's own latency.
+        devices: DEVICES, the profile every worker plays (one name, or one per worker; "": its share of
+        this host); network: NETWORK, the link model of every link (profiles/networks.yaml).
+        An unknown name raises ProfileError (with the catalog's names) here, before any process starts."""
+        devices_for(tuple(n.strip() for n in devices.split(",") if n.strip()), workers)
+        if network:
+            network_profile(network)
         self.model, self.n_workers, self.threads = model, workers, threads
-        self.latency_ms, self.dtype, self.layer_split, self.seed = latency_ms, dtype, layer_split, seed
-        self.parallelism = parallelism
+        self.latency_ms = latency_ms if latency_ms is not None or network else "0,0"
+        self.dtype, self.layer_split, self.seed = dtype, layer_split, seed
+        self.parallelism, self.devices, self.network = parallelism, devices, network
         self.port = port or free_port_pair()
         self.extra_env = extra_env or {}
         self.log_dir = log_dir
@@ -116,16 +126,23 @@ class LocalCluster:
             "MODEL_ROOTS": self._model_env()["MODEL_ROOTS"], **self.extra_env})
 
     def start(self, timeout_s: float = 300) -> "LocalCluster":
-        lo, _, hi = self.latency_ms.partition(",")
         for i in range(self.n_workers):
             self.start_worker(i)
         self._spawn("root", "backend", {
             "PORT": str(self.port), "THREADS": str(self.threads), "DTYPE": self.dtype,
             "WORKER_URLS": ",".join(self.worker_url(i) for i in range(self.n_workers)),
-            "LATENCY_MIN_MS": lo or "0", "LATENCY_MAX_MS": hi or lo or "0", "LATENCY_SEED": str(self.seed),
+            **self._link_env(), "DEVICES": self.devices, "LATENCY_SEED": str(self.seed),
             "LAYER_SPLIT": self.layer_split, "PARALLELISM": self.parallelism, "STATS_SOURCE": "local", **self._model_env(), **self.extra_env})
         self.wait_ready(timeout_s)
         return self
+
+    def _link_env(self) -> dict:
+        """NETWORK, then LATENCY_MIN/MAX_MS over its latency when they are given too."""
+        env = {"NETWORK": self.network}
+        if self.latency_ms is not None:
+            lo, _, hi = self.latency_ms.partition(",")
+            env |= {"LATENCY_MIN_MS": lo or "0", "LATENCY_MAX_MS": hi or lo or "0"}
+        return env
 
     def wait_ready(self, timeout_s: float) -> None:
         def alive():
@@ -162,9 +179,17 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="a model folder, or a synthetic preset name (tiny, llama-3.2-1b, ...)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    ap.add_argument("--latency-ms", default="0,0", help="MIN,MAX injected per link, uniform")
+    ap.add_argument("--latency-ms", default=None,
+                    help="MIN,MAX injected per link, uniform (default 0,0; with --network, the network's own)")
+    ap.add_argument("--devices", default="", help="the device every worker plays (rpi5), or one per worker "
+                    "(rpi5,rpi5,rpi4b); default: each worker is its share of this machine")
+    ap.add_argument("--network", default="", help="the link model of every link, by name (gigabit-ethernet)")
     ap.add_argument("--port", type=int, default=5000)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8", "q40", "q80"],
+                    help="q40, q80: with --compute modelled only")
+    ap.add_argument("--compute", default="real", choices=["real", "modelled"],
+                    help="modelled: no weights, each worker takes its device's modelled time (tokens not real)")
+    ap.add_argument("--root-device", default="", help="with --compute modelled: the device of the root's LM head")
     ap.add_argument("--parallelism", default="pipeline", choices=["pipeline", "tensor"],
                     help="pipeline: each worker holds a run of layers; tensor: a share of every layer")
     ap.add_argument("--placement", default="", choices=["", "even", "manual", "threads", "memory", "fit"],
@@ -179,9 +204,13 @@ def main(argv=None) -> int:
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
     extra_env = {"PLACEMENT": args.placement} if args.placement else {}
-    cluster = LocalCluster(args.model, args.workers, args.threads, args.latency_ms, args.port, args.dtype,
-                           args.layer_split, args.seed, extra_env=extra_env, log_dir=log_dir,
-                           parallelism=args.parallelism)
+    extra_env.update({k: v for k, v in (("COMPUTE", args.compute), ("ROOT_DEVICE", args.root_device)) if v})
+    try:
+        cluster = LocalCluster(args.model, args.workers, args.threads, args.latency_ms, args.port, args.dtype,
+                               args.layer_split, args.seed, extra_env=extra_env, log_dir=log_dir,
+                               parallelism=args.parallelism, devices=args.devices, network=args.network)
+    except ProfileError as exc:
+        ap.error(str(exc))
     try:
         cluster.start()
     except (RuntimeError, TimeoutError) as exc:

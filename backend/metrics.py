@@ -9,8 +9,14 @@ t0 is when the root accepted the request (after validation); token i is "produce
 - injected_latency_ms: the sum of every delay injected on every link for this request.
 - per link: transport_ms = time on the wire minus its injected delay (framing, copies, the network).
 - recovery_wait_ms: time spent waiting for a failed worker to come back before a replay.
+- compute: real | modelled (COMPUTE); tokens_are_real: false with modelled compute, whose token ids
+  come from no model (README: Modelled compute).
 - root_other_ms: "root and the rest" = ttlt - compute - transport - injected - recovery_wait: the
   root's own work (tokenizer, embedding, LM head, sampling) and queueing.
+- compute_ms (per worker and in total) is the played device's compute: the real compute here plus
+  stretch_ms, what a worker that plays a slower device (DEVICES) slept after it (common/stretch.py);
+  shortfall_ms: how far the real compute alone overran the device's time (this host, shared, kept no
+  pace: the device would have been faster than shown). Both 0 for a worker that plays "host".
 """
 from __future__ import annotations
 
@@ -59,7 +65,7 @@ class StageTotals:
     injected_ms: float | None = None
 
     def __init__(self, names: list[str], layers: list[list[int]]):
-        self.stages = [{"name": n, "layers": l, "compute_ms": 0.0,
+        self.stages = [{"name": n, "layers": l, "compute_ms": 0.0, "stretch_ms": 0.0, "shortfall_ms": 0.0,
                         "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}}
                        for n, l in zip(names, layers)]
         self.link_out = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
@@ -69,6 +75,8 @@ class StageTotals:
         """step: the output of chain_step_timings()."""
         for total, stage in zip(self.stages, step["stages"]):
             total["compute_ms"] += stage["compute_ms"]
+            for key in PLAYED:
+                total[key] += stage.get(key, 0.0)
             for key in ("injected_ms", "transport_ms", "bytes"):
                 total["link_in"][key] += stage["link_in"][key]
         for key in ("injected_ms", "transport_ms", "bytes"):
@@ -85,7 +93,16 @@ class StageTotals:
                                      # per link (link 0 into worker 1 ... the last, home to the root)
                                      "p50_per_link": [percentile(list(link), 50) for link in zip(*decode_steps)]},
                 "compute_ms": sum(s["compute_ms"] for s in self.stages),
+                **played_totals(self.stages),
                 "transport_ms": sum(s["link_in"]["transport_ms"] for s in self.stages) + self.link_out["transport_ms"]}
+
+
+PLAYED = ("stretch_ms", "shortfall_ms")  # a step's stages without them played no device: 0
+
+
+def played_totals(stages: list[dict]) -> dict:
+    """A reply's stretch and shortfall: every worker's, summed (their compute_ms already holds the stretch)."""
+    return {key: sum(s[key] for s in stages) for key in PLAYED}
 
 
 StepTimings = dict  # the output of step_timings(): {"stages": [...], "link_out": {...}}
@@ -103,7 +120,8 @@ def step_timings(sent_ns: int, records: tuple[StageRecord, ...], returned_ns: in
     stages, prev_sent = [], sent_ns
     for rec in records:
         wire_ms = max(0.0, (rec.recv_ns - prev_sent) / 1e6)
-        stages.append({"name": rec.name, "compute_ms": rec.compute_ms,
+        stages.append({"name": rec.name, "compute_ms": rec.compute_ms, "stretch_ms": rec.stretch_ms,
+                       "shortfall_ms": rec.shortfall_ms,
                        "link_in": {"injected_ms": rec.delay_ms, "transport_ms": wire_ms, "bytes": rec.bytes_in}})
         prev_sent = rec.sent_ns
     back_ms = max(0.0, (returned_ns - prev_sent) / 1e6)
@@ -115,8 +133,9 @@ class ReplyMetrics:
     """The one accumulator of a reply's figures: t0, token times, the drawn delays, stage totals, waits."""
 
     def __init__(self, t0: float, prompt_tokens: int, delays: RequestDelays, names: list[str], layers: list[list[int]],
-                 totals=None):
+                 totals=None, compute: str = "real"):
         self.t0, self.prompt_tokens, self.delays = t0, prompt_tokens, delays
+        self.compute = compute  # real | modelled: the workers took their device's modelled time, no token is real
         self.token_times: list[float] = []
         self.totals = totals or StageTotals(names, layers)  # tensor mode: backend.tensor_metrics.TensorTotals
         self.recovery_wait_ms = 0.0
@@ -138,6 +157,7 @@ class ReplyMetrics:
         m = reply_metrics(self.t0, self.token_times, self.prompt_tokens, injected)
         m.update(self.totals.summary())
         m["recoveries"], m["recovery_wait_ms"], m["failed"] = self.recoveries, self.recovery_wait_ms, failed
+        m["compute"], m["tokens_are_real"] = self.compute, self.compute == "real"
         accounted = m["compute_ms"] + m["transport_ms"] + injected + self.recovery_wait_ms
         m["root_other_ms"] = max(0.0, m["ttlt_ms"] - accounted) if m["ttlt_ms"] is not None else None
         return m

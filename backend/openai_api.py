@@ -3,6 +3,9 @@
 POST /v1/completions, POST /v1/chat/completions (streaming or not, with usage), GET /v1/models.
 Fields OpenAI has and a simulator has no use for (penalties, user, ...) are accepted and ignored;
 ones that would change the answer and are not supported (n > 1, logprobs, tools) are refused.
+Every response and chunk says how the tokens were made: `system_fingerprint` (a field of OpenAI's own
+schema) is "ddllm-real-compute" or "ddllm-modelled-compute", and `tokens_are_real` is false with
+modelled compute, whose text comes from no model (README: Modelled compute).
 """
 from __future__ import annotations
 
@@ -130,7 +133,9 @@ def openai_blueprint(serving: Callable[[], Runtime]) -> Blueprint:
 
     def _respond(run: Run, stream: bool, body: dict, ident: str, kind: str, chunk, whole, first_delta=False):
         created = int(time.time())
-        base = {"id": ident, "created": created, "model": model_name()}
+        compute = run.runtime.settings.compute
+        base = {"id": ident, "created": created, "model": model_name(),
+                "system_fingerprint": f"ddllm-{compute}-compute", "tokens_are_real": compute == "real"}
         if not stream:
             try:
                 final = run.run_to_end()

@@ -5,7 +5,7 @@ Query (all optional; the root's settings by default):
   mode      even | manual | threads | memory | fit                       (pipeline only)
   split     manual layer counts, e.g. 8,4,2,2 (implies mode=manual when mode is not given)  (pipeline only)
   order     fit's priority, e.g. worker-3,worker-1 (worker names, containers or compose services)  (pipeline only)
-  dtype     float32 | bfloat16 | float16 | int8 (tensor: float32 | bfloat16)
+  dtype     float32 | bfloat16 | float16 | int8 (tensor: float32 | bfloat16); COMPUTE=modelled: also q40 | q80
   context   tokens of context each cached request may reach (default: the root's limit)
   concurrent  requests cached at once (default: MAX_CONCURRENT)
 
@@ -20,6 +20,7 @@ from typing import Callable
 from flask import Blueprint, jsonify, request
 
 from common.config import PARALLELISMS
+from common.dtypes import check_compute
 from common.errors import error_response
 from common.placement import MODES, Placement, PlacementError, parse_counts
 from common.tensor_links import SYNC_ITEMSIZE, syncs_per_step
@@ -87,7 +88,9 @@ def tensor_preview(current: PlacementView, args) -> tuple[Placement, dict]:
         raise ValueError(f"{', '.join(given)} place runs of layers (parallelism=pipeline); with parallelism=tensor "
                          "every worker holds a share of every layer")
     dtype = (args.get("dtype") or planner.settings.dtype).strip().lower()
-    if dtype not in TENSOR_DTYPES:
+    if planner.settings.compute == "modelled":  # modelled compute takes any dtype the cost model knows
+        check_compute(dtype, "modelled")
+    elif dtype not in TENSOR_DTYPES:
         raise ValueError(f"with parallelism=tensor dtype must be one of {', '.join(TENSOR_DTYPES)}, not {dtype!r}")
     context = _positive_int(args, "context") or planner.context_limit
     concurrent = _positive_int(args, "concurrent") or planner.settings.max_concurrent

@@ -1,7 +1,7 @@
 """GET /metrics in the Prometheus text format: requests, errors, TTFT/TTLT, per-worker and per-link time."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 
@@ -9,8 +9,11 @@ BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 class PromMetrics:
     """One registry per app (tests build many apps in one process)."""
 
-    def __init__(self, active_requests):
+    def __init__(self, active_requests, compute: str = "real"):
         self.registry = r = CollectorRegistry()
+        # dllm_compute_info{compute="modelled",tokens_are_real="false"} 1: every figure below is then modelled
+        Info("dllm_compute", "How the workers compute: real, or modelled (times from the device profiles, "
+             "tokens not real)", registry=r).info({"compute": compute, "tokens_are_real": str(compute == "real").lower()})
         self.requests = Counter("dllm_requests", "Replies finished, by finish reason", ["finish_reason"], registry=r)
         self.errors = Counter("dllm_errors", "Replies that ended with a worker failure", ["worker"], registry=r)
         self.rejected = Counter("dllm_rejected", "Requests refused with 429 (too many in flight)", registry=r)

@@ -23,6 +23,7 @@ from common.dtypes import compute_dtype_name
 from common.latency import LinkModel, RequestDelays, links_for
 from common.model_info import synthetic_marker
 from common.placement import Device, ModelShape, Placement, PlacementError
+from common.profiles import ProfileError, devices_for
 from common.transport import TcpTransport, data_port, reachable_host, split_address
 
 from .chain import Chain
@@ -30,8 +31,9 @@ from .cluster import Cluster
 from .control import ControlClient, ControlError
 from .discovery import WorkersMissing, docker_workers, fixed_workers, in_swarm, swarm_workers
 from .generation import Engine
-from .head import HeadModel
+from .head import HeadModel, ModelledHead
 from .metrics import ReplyMetrics
+from .modelled import ModelledRefused, modelled_head, played_memory, profiles_of
 from .model_source import resolve_model
 from .planner import PlacementView, Planner
 from .prom import PromMetrics
@@ -61,7 +63,7 @@ class Runtime:
     model_path: Path
     tokenizer: object
     eos_ids: list[int]
-    head: HeadModel
+    head: HeadModel | ModelledHead  # ModelledHead: COMPUTE=modelled, no weights
     planner: Planner
     placement: Placement
     cluster: Cluster
@@ -76,7 +78,7 @@ class Runtime:
 
     def __post_init__(self):
         self.slots = self.slots or threading.BoundedSemaphore(self.settings.max_concurrent)
-        self.prom = self.prom or PromMetrics(self.active)
+        self.prom = self.prom or PromMetrics(self.active, self.settings.compute)
         self.engine = Engine(self.head, self.chain)
 
     def ready(self) -> bool:
@@ -90,9 +92,10 @@ class Runtime:
             cfg = self.head.config
             itemsize = 2 if compute_dtype_name(self.settings.dtype) == "bfloat16" else 4
             return tensor_reply_metrics(t0, prompt_tokens, self.links, self.settings.latency_seed, number, names,
-                                        cfg.num_hidden_layers, cfg.hidden_size, itemsize)
+                                        cfg.num_hidden_layers, cfg.hidden_size, itemsize, self.settings.compute)
         delays = RequestDelays(self.links, self.settings.latency_seed, number)
-        return ReplyMetrics(t0, prompt_tokens, delays, names, [[w.shard.start, w.shard.end] for w in specs])
+        return ReplyMetrics(t0, prompt_tokens, delays, names, [[w.shard.start, w.shard.end] for w in specs],
+                            compute=self.settings.compute)
 
     def context_limit(self) -> int:
         return self.planner.context_limit
@@ -109,6 +112,9 @@ class Runtime:
                       "n_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size},
             "latency": latency_description(self.settings),
             "parallelism": self.settings.parallelism,
+            # modelled: the workers and the LM head take their devices' modelled time; no token is real
+            "compute": self.settings.compute, "tokens_are_real": self.settings.compute == "real",
+            "root_device": self.settings.root_device if self.settings.compute == "modelled" else None,
             "threads_root": self.settings.threads,
             "root_tensors": self.head.loaded_tensor_names,
             "workers": self.cluster.describe(),
@@ -143,10 +149,18 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
         settings.secret.ensure()  # compose: the root makes the secret its workers read
     progress("preparing the model (a synthetic one is made on first start)")
     model_path = resolve_model(settings)
-    progress("loading the tokenizer, embedding, final norm and LM head")
+    modelled = settings.compute == "modelled"
+    progress("loading the tokenizer" + ("" if modelled else ", embedding, final norm and LM head"))
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    # int8 quantizes the workers' projections; the root's embedding and LM head stay in the compute dtype.
-    head = HeadModel(model_path, compute_dtype_name(settings.dtype), gemv=settings.decode_gemv)
+    eos = eos_ids(model_path, tokenizer)
+    if modelled:  # no weights at all: the LM head takes ROOT_DEVICE's modelled time
+        try:
+            head = modelled_head(settings, model_path, tokenizer, eos)
+        except ModelledRefused as exc:
+            raise StartupError(str(exc)) from None
+    else:
+        # int8 quantizes the workers' projections; the root's embedding and LM head stay in the compute dtype.
+        head = HeadModel(model_path, compute_dtype_name(settings.dtype), gemv=settings.decode_gemv)
     config = json.loads((model_path / "config.json").read_text())
     shape = ModelShape.from_config(config)
     model_ctx = getattr(head.config, "max_position_embeddings", None) or settings.max_context
@@ -162,10 +176,20 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     tensor = settings.parallelism == "tensor"
     if tensor:
         try:  # refused before waiting on anyone: no device report changes the count
-            shares = shares_for(config, len(workers), settings.dtype)
+            shares = shares_for(config, len(workers), settings.dtype, modelled=modelled)
         except TensorRefused as exc:
             raise StartupError(f"{exc} (this cluster has {len(workers)})") from None
+    try:
+        worker_devices = devices_for(settings.devices, len(workers))
+    except ProfileError as exc:
+        raise StartupError(f"{exc} (this cluster has {len(workers)} workers)") from None
+    try:
+        profiles = profiles_of(worker_devices) if modelled else None
+    except ModelledRefused as exc:
+        raise StartupError(str(exc)) from None
     devices = gather_devices(workers, control, progress)
+    if modelled:  # the memory each worker has is its device's, not its share of this host
+        devices = played_memory(devices, profiles)
     planner = Planner(settings, shape, lambda: devices, min(model_ctx, settings.max_context))
     if tensor:
         placement = tensor_placement(config, shares, devices, settings.dtype, planner.context_limit,
@@ -184,7 +208,7 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     # On a swarm a rescheduled task comes back at a new address: the monitor follows it.
     cluster = Cluster(workers, placement, str(model_path), settings.dtype, return_address, control,
                       rediscover=(lambda: swarm_workers(docker, settings.worker_port)) if swarm else None,
-                      shares=shares if tensor else None)
+                      shares=shares if tensor else None, devices=worker_devices, compute=settings.compute)
     n = len(cluster.specs)
     if tensor:
         chain = TensorChain(cluster.specs, transport, control, config["num_hidden_layers"], config["hidden_size"],
@@ -198,11 +222,12 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     transport.serve(data_port(settings.port), chain.arrive)
     history = StatsHistory()
     runtime = Runtime(settings=settings, model_path=model_path, tokenizer=tokenizer,
-                      eos_ids=eos_ids(model_path, tokenizer), head=head, planner=planner, placement=placement,
+                      eos_ids=eos, head=head, planner=planner, placement=placement,
                       cluster=cluster, chain=chain, links=links,
                       history=history, stats_source=start_stats(settings, docker, history, cluster, swarm))
-    # The preview follows the monitor's latest reports from now on.
-    planner.devices = lambda: current_devices(devices, workers, cluster)
+    # The preview follows the monitor's latest reports from now on (modelled: with the devices' memory).
+    planner.devices = ((lambda: played_memory(current_devices(devices, workers, cluster), profiles)) if modelled
+                       else (lambda: current_devices(devices, workers, cluster)))
     cluster.start_monitor()
     return runtime
 
@@ -337,4 +362,6 @@ class Startup:
             return "ok", "ready"
         if rt.cluster.was_ready:
             return "degraded", "the cluster is running but " + "; ".join(rt.cluster.not_ready())
+        if errors := rt.cluster.load_errors():  # e.g. a device faster than this host: waiting will not help
+            return "failed", "start-up failed: " + "; ".join(errors)
         return "loading", "waiting for the workers to load their slices: " + rt.cluster.reason()

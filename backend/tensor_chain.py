@@ -218,7 +218,8 @@ def tensor_step_timings(sent_ns: int, records: list[TensorRecord], rnd: _Round, 
     compute and sync time; what the delays added (realized), the syncs' share of it (the realized
     total less the broadcast's and the output's drawn delays; exact when the ranks are even), the
     drawn critical path of the syncs, the slowest worker's sync transport, bytes."""
-    stages = [{"name": r.name, "compute_ms": r.compute_ms, "sync_ms": r.sync_ms,
+    stages = [{"name": r.name, "compute_ms": r.compute_ms, "sync_ms": r.sync_ms, "stretch_ms": r.stretch_ms,
+               "shortfall_ms": r.shortfall_ms,
                "link_in": {"injected_ms": r.delay_ms, "transport_ms": max(0.0, (r.recv_ns - sent_ns) / 1e6),
                            "bytes": r.bytes_in}} for r in records]
     sync_transport = max(up + r.down_transport_ms for up, r in zip(rnd.up_transport_ms, records))

@@ -3,7 +3,8 @@
 The workers run each step side by side, so the reply's totals follow the critical path:
 - compute_ms: per step the slowest worker's compute, summed.   Per worker (stages): its own compute,
   its sync_ms (wall time in its syncs: links, delays, waiting for the slowest rank) and its
-  broadcast link (link_in).
+  broadcast link (link_in). stretch_ms, shortfall_ms: as in backend/metrics.py, per worker (summed
+  over the compute segments between its syncs) and over all workers.
 - syncs: synchronisations (2 per layer per step, none with one worker). sync.injected_ms: what their
   delays added (the realized total less the broadcast's and output's drawn delays); sync.drawn_ms:
   their drawn critical path, the upper bound (common/tensor_links.py); sync.transport_ms: per step the slowest worker's time on the wire
@@ -20,15 +21,16 @@ from __future__ import annotations
 from common.latency import LinkModel
 from common.tensor_links import SYNC_ITEMSIZE, TensorDelays
 
-from .metrics import ReplyMetrics, percentile
+from .metrics import PLAYED, ReplyMetrics, percentile, played_totals
 
 _LINK = ("injected_ms", "transport_ms", "bytes")
 
 
 class TensorTotals:
     def __init__(self, names: list[str], n_layers: int):
-        self.stages = [{"name": n, "layers": [0, n_layers], "compute_ms": 0.0, "sync_ms": 0.0,
-                        "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}} for n in names]
+        self.stages = [{"name": n, "layers": [0, n_layers], "compute_ms": 0.0, "sync_ms": 0.0, "stretch_ms": 0.0,
+                        "shortfall_ms": 0.0, "link_in": {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}}
+                       for n in names]
         self.link_out = {"injected_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
         self.sync = {"injected_ms": 0.0, "drawn_ms": 0.0, "transport_ms": 0.0, "bytes": 0}
         self.injected_ms = 0.0  # what the delays added, measured per step (ReplyMetrics reads it)
@@ -41,6 +43,8 @@ class TensorTotals:
         for total, stage in zip(self.stages, step["stages"]):
             total["compute_ms"] += stage["compute_ms"]
             total["sync_ms"] += stage["sync_ms"]
+            for key in PLAYED:
+                total[key] += stage.get(key, 0.0)
             for key in _LINK:
                 total["link_in"][key] += stage["link_in"][key]
         for key in _LINK:
@@ -61,12 +65,13 @@ class TensorTotals:
                 "sync": {**self.sync, "per_sync_ms": {"p50": percentile(self.per_sync_ms, 50),
                                                       "p90": percentile(self.per_sync_ms, 90)}},
                 "hop_transport_ms": {"p50": None, "p90": None, "max": None},  # no ring hops in tensor mode
-                "compute_ms": self.compute_ms, "transport_ms": self.transport_ms}
+                "compute_ms": self.compute_ms, **played_totals(self.stages), "transport_ms": self.transport_ms}
 
 
 def tensor_reply_metrics(t0: float, prompt_tokens: int, links: list[LinkModel], seed: int, request_number: int,
-                         names: list[str], n_layers: int, hidden_size: int, itemsize: int) -> ReplyMetrics:
+                         names: list[str], n_layers: int, hidden_size: int, itemsize: int,
+                         compute: str = "real") -> ReplyMetrics:
     """A reply's accumulator in tensor mode: its delays drawn per tensor step, its totals as above."""
     delays = TensorDelays(links, seed, request_number, n_layers, hidden_size * itemsize, hidden_size * SYNC_ITEMSIZE)
     return ReplyMetrics(t0, prompt_tokens, delays, names, [[0, n_layers]] * len(names),
-                        totals=TensorTotals(names, n_layers))
+                        totals=TensorTotals(names, n_layers), compute=compute)

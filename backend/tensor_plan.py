@@ -13,10 +13,11 @@ class TensorRefused(ValueError):
     """Tensor mode cannot run this model on these workers; the message says why and what would."""
 
 
-def shares_for(config: dict, n_workers: int, dtype: str) -> list[TensorShare]:
+def shares_for(config: dict, n_workers: int, dtype: str, modelled: bool = False) -> list[TensorShare]:
     """config: the model's config.json. Every worker takes part; a count that cannot split the heads
-    is refused with the valid counts (common.tensor_split.tensor_shares words it)."""
-    if dtype not in TENSOR_DTYPES:
+    is refused with the valid counts (common.tensor_split.tensor_shares words it). Modelled compute
+    takes every dtype (distributed-llama's tensor parallelism runs q40)."""
+    if dtype not in TENSOR_DTYPES and not modelled:
         raise TensorRefused(f"PARALLELISM=tensor computes in {' or '.join(TENSOR_DTYPES)}, not DTYPE={dtype}")
     try:
         return tensor_shares(config["num_attention_heads"], config.get("num_key_value_heads")

@@ -13,13 +13,17 @@ from typing import Callable
 
 from .auth import SecretSource
 from .device import default_threads
-from .dtypes import MODEL_DTYPES
+from .dtypes import check_compute
 from .latency import LinkModel
 from .placement import MODES
 from .placement import parse_counts
+from .profiles import HOST
+from .profiles import device as device_profile
+from .profiles import network as network_profile
 
 MiB = 1024 * 1024
 PARALLELISMS = ("pipeline", "tensor")
+COMPUTE_MODES = ("real", "modelled")
 
 
 def _int(name: str, text: str) -> int:
@@ -165,6 +169,13 @@ class RootSettings:
     worker_port: int = 5100               # port of discovered workers (docker mode)
     return_host: str = ""                 # the root's address for the last worker; "": the route's source address
     decode_gemv: bool = True              # the LM head's float32 one-row product through gemv
+    devices: tuple[str, ...] = ()         # device profile of each worker (profiles/devices.yaml): one name for all,
+                                          # or one per worker; empty: each worker is its share of this host
+    network: str = ""                     # network profile of every link (profiles/networks.yaml); the LATENCY_*,
+                                          # BANDWIDTH_MBPS and LINK_* variables set override its fields
+    compute: str = "real"                 # real: workers run their layers | modelled: they take the time the cost
+                                          # model gives their device, and the tokens are not real
+    root_device: str = "host"             # modelled compute: the device that times the root's LM head
     frontend_dir: str = str(Path(__file__).resolve().parent.parent / "frontend")
     secret: SecretSource = field(default_factory=SecretSource)
 
@@ -181,7 +192,8 @@ class RootSettings:
         "RECOVERY_WAIT_S": ("recovery_wait_s", _float), "STATS_INTERVAL_S": ("stats_interval_s", _float),
         "STATS_SOURCE": ("stats_source", _lower), "WORKER_PORT": ("worker_port", _int),
         "RETURN_HOST": ("return_host", _text), "DECODE_GEMV": ("decode_gemv", _switch),
-        "FRONTEND_DIR": ("frontend_dir", _text),
+        "FRONTEND_DIR": ("frontend_dir", _text), "DEVICES": ("devices", _names), "NETWORK": ("network", _lower),
+        "COMPUTE": ("compute", _lower), "ROOT_DEVICE": ("root_device", _lower),
     }
 
     def __post_init__(self):
@@ -193,18 +205,24 @@ class RootSettings:
             raise ValueError(f"LAYER_SPLIT is set but PLACEMENT={self.placement}: unset one of them")
         if self.placement == "manual" and not self.layer_split:
             raise ValueError("PLACEMENT=manual needs LAYER_SPLIT, e.g. 8,4,2,2")
-        if self.dtype not in MODEL_DTYPES:
-            raise ValueError(f"DTYPE must be one of {', '.join(MODEL_DTYPES)}, not {self.dtype!r}")
         if self.parallelism not in PARALLELISMS:
             raise ValueError(f"PARALLELISM must be one of {', '.join(PARALLELISMS)}, not {self.parallelism!r}")
+        if self.compute not in COMPUTE_MODES:
+            raise ValueError(f"COMPUTE must be one of {', '.join(COMPUTE_MODES)}, not {self.compute!r}")
+        check_compute(self.dtype, self.compute)  # q40/q80 only with COMPUTE=modelled
+        for name in self.devices + (self.root_device,):
+            if name != HOST:
+                device_profile(name)  # an unknown name is refused here, with the catalog's names
 
     @classmethod
     def from_env(cls, env=os.environ) -> "RootSettings":
         values = _read(env, cls.ENV)
         link_values = _read(env, LINK_ENV)
-        if link_values:
+        if "min_ms" in link_values and "max_ms" not in link_values:  # one number: a fixed delay
+            link_values["max_ms"] = link_values["min_ms"]
+        if "network" in values:  # the named network, then the explicit variables over its fields
+            values["link"] = replace(network_profile(values["network"]).link(), **link_values)
+        elif link_values:
             default_link = next(f.default for f in fields(cls) if f.name == "link")
-            if "min_ms" in link_values and "max_ms" not in link_values:  # one number: a fixed delay
-                link_values["max_ms"] = link_values["min_ms"]
             values["link"] = replace(default_link, **link_values)
         return cls(**values, secret=_secret(env))

@@ -4,20 +4,28 @@ No torch at import: placement and settings use the names and sizes; `torch_dtype
 """
 from __future__ import annotations
 
+from .profiles import MODELLED_WEIGHT_BYTES
+
 WIRE_DTYPES = ("float32", "bfloat16", "float16")   # what a frame's tensor may be
 QUANTIZED = ("int8",)                               # weights stored quantized; layers compute in float32
-MODEL_DTYPES = WIRE_DTYPES + QUANTIZED              # DTYPE of the cluster
+RUN_DTYPES = WIRE_DTYPES + QUANTIZED                # what a worker here runs for real (COMPUTE=real)
+# distributed-llama's block formats (4-bit and 8-bit, a float16 scale per 32 weights): no worker here
+# holds such weights, so only modelled compute (COMPUTE=modelled) takes them; it computes in float32.
+MODELLED_ONLY = ("q40", "q80")
+MODEL_DTYPES = RUN_DTYPES + MODELLED_ONLY           # DTYPE of the cluster (check_compute says which when)
 
 # Bytes per stored weight; int8 stores the 7 projections as int8 and keeps the norms in float32.
-WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# The KV cache is kept in the dtype the layers compute in: int8 layers compute in float32.
-KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4}
+# q40/q80: their block sizes (common/profiles.py), what a device playing them would hold.
+WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2,
+                **{name: MODELLED_WEIGHT_BYTES[name] for name in MODELLED_ONLY}}
+# The KV cache is kept in the dtype the layers compute in: int8, q40 and q80 layers compute in float32.
+KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "q40": 4, "q80": 4}
 
 
 def compute_dtype_name(name: str) -> str:
     """The dtype layers compute (and cache, and send) in: float32 for quantized weights."""
     check(name)
-    return "float32" if name in QUANTIZED else name
+    return "float32" if name in QUANTIZED + MODELLED_ONLY else name
 
 
 def check(name: str, allowed: tuple[str, ...] = MODEL_DTYPES) -> str:
@@ -26,7 +34,20 @@ def check(name: str, allowed: tuple[str, ...] = MODEL_DTYPES) -> str:
     return name
 
 
+def check_compute(name: str, compute: str) -> str:
+    """DTYPE as a cluster of this compute (real | modelled) may use it: q40 and q80 only in modelled compute."""
+    if name in MODELLED_ONLY and compute != "modelled":
+        raise ValueError(f"DTYPE={name} is a weight format this project only models (no worker holds {name} "
+                         f"weights): set COMPUTE=modelled, or use one of {', '.join(RUN_DTYPES)}")
+    if name not in MODEL_DTYPES:
+        raise ValueError(f"DTYPE must be one of {', '.join(RUN_DTYPES)} "
+                         f"({', '.join(MODELLED_ONLY)} with COMPUTE=modelled), not {name!r}")
+    return name
+
+
 def torch_dtype(name: str):
-    """'bfloat16' -> torch.bfloat16 (a wire dtype, or the compute dtype of a quantized one)."""
+    """'bfloat16' -> torch.bfloat16 (a wire dtype, or the compute dtype of a quantized one). Real weights
+    only: a q40/q80 name is refused here, so a worker never loads float32 weights in their place."""
+    check_compute(name, "real")
     import torch
     return getattr(torch, compute_dtype_name(name))

@@ -78,17 +78,23 @@ class LoadAssignment:
     # Tensor mode: this worker's share of every layer (shard is then every layer, index its rank and
     # next_address the root's data port, where its partial sums go); None in pipeline mode.
     share: TensorShare | None = None
+    device: str = "host"   # the device profile this worker plays (profiles/devices.yaml); host: its own share
+    compute: str = "real"  # real | modelled: the layers are not run, their modelled time is taken
 
     def holds_same(self, other: "LoadAssignment") -> bool:
         """The same slice in the same place of the chain: only the next hop may differ."""
-        return (self.name, self.index, self.shard, self.dtype, self.model_path) == \
-            (other.name, other.index, other.shard, other.dtype, other.model_path)
+        return (self.name, self.index, self.shard, self.dtype, self.model_path, self.device, self.compute) == \
+            (other.name, other.index, other.shard, other.dtype, other.model_path, other.device, other.compute)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "index": self.index, "start": self.shard.start, "end": self.shard.end,
                "dtype": self.dtype, "model_path": self.model_path, "next_address": self.next_address}
         if self.share is not None:
             out["share"] = self.share.to_dict()
+        if self.device != "host":
+            out["device"] = self.device
+        if self.compute != "real":
+            out["compute"] = self.compute
         return out
 
     @classmethod
@@ -102,7 +108,20 @@ class LoadAssignment:
             raise ProtocolError(f"load layers [{start}, {end}) are empty")
         return cls(name=name, index=_nonneg_int(d, "index", what, MAX_LINKS), shard=Shard(start, end),
                    dtype=_get(d, "dtype", str, what), model_path=_get(d, "model_path", str, what),
-                   next_address=_address(d, "next_address", what), share=_share(d.get("share")))
+                   next_address=_address(d, "next_address", what), share=_share(d.get("share")),
+                   device=_profile_name(d.get("device", "host")), compute=_compute(d.get("compute", "real")))
+
+
+def _profile_name(raw) -> str:
+    if not isinstance(raw, str) or not 0 < len(raw) <= 64:
+        raise ProtocolError("load.device must be a profile name of 1-64 characters")
+    return raw
+
+
+def _compute(raw) -> str:
+    if raw not in ("real", "modelled"):
+        raise ProtocolError(f"load.compute must be real or modelled, not {raw!r}")
+    return raw
 
 
 def _share(raw) -> TensorShare | None:
@@ -132,12 +151,15 @@ class StageRecord:
     recv_ns: int             # wall clock when the frame arrived (every process shares the host clock)
     sent_ns: int             # wall clock when the output was handed to the next link
     delay_ms: float          # the injected delay of the incoming link, slept after recv_ns
-    compute_ms: float
+    compute_ms: float        # the played device's compute: the real one here + stretch_ms
     bytes_in: int            # size of the frame that arrived
+    stretch_ms: float = 0.0  # slept after the real compute to play a slower device (common/stretch.py)
+    shortfall_ms: float = 0.0  # how far the real compute alone overran the device's time (host too slow)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "layers": list(self.layers), "recv_ns": self.recv_ns, "sent_ns": self.sent_ns,
-                "delay_ms": self.delay_ms, "compute_ms": self.compute_ms, "bytes_in": self.bytes_in}
+                "delay_ms": self.delay_ms, "compute_ms": self.compute_ms, "bytes_in": self.bytes_in,
+                "stretch_ms": self.stretch_ms, "shortfall_ms": self.shortfall_ms}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StageRecord":
@@ -148,7 +170,14 @@ class StageRecord:
         return cls(name=_get(d, "name", str, what)[:64], layers=(layers[0], layers[1]),
                    recv_ns=_nonneg_int(d, "recv_ns", what), sent_ns=_nonneg_int(d, "sent_ns", what),
                    delay_ms=_number(d, "delay_ms", what, 0, MAX_DELAY_MS),
-                   compute_ms=_number(d, "compute_ms", what), bytes_in=_nonneg_int(d, "bytes_in", what))
+                   compute_ms=_number(d, "compute_ms", what), bytes_in=_nonneg_int(d, "bytes_in", what),
+                   stretch_ms=_optional_number(d, "stretch_ms", what),
+                   shortfall_ms=_optional_number(d, "shortfall_ms", what))
+
+
+def _optional_number(d: dict, key: str, what: str) -> float:
+    """A non-negative figure a peer may leave out (a worker that plays no device): 0 then."""
+    return _number(d, key, what) if key in d else 0.0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import MAX_DELAY_MS, MAX_LINKS, REQUEST_ID, ProtocolError, _get, _nonneg_int, _number
+from .protocol import MAX_DELAY_MS, MAX_LINKS, REQUEST_ID, ProtocolError, _get, _nonneg_int, _number, _optional_number
 
 PHASES = ("attention", "mlp")
 MAX_SYNCS = 1 << 16
@@ -113,17 +113,20 @@ class TensorRecord:
     recv_ns: int              # the broadcast's arrival
     sent_ns: int              # when the answer (worker 1: with the output) was handed to the link
     delay_ms: float           # the broadcast link's injected delay, slept after recv_ns
-    compute_ms: float         # its partials and the residual adds, every layer
+    compute_ms: float         # its partials and the residual adds, every layer: real + stretch_ms
     syncs: int
     sync_ms: float       # wall time from sending each partial to holding the sum: links, delays, the slowest rank
     down_transport_ms: float  # the sums' time on the wire root -> this worker (delays not inside)
     bytes_in: int             # the broadcast frame
+    stretch_ms: float = 0.0   # slept after each compute segment to play a slower device (common/stretch.py)
+    shortfall_ms: float = 0.0  # how far the real segments alone overran the device's time (host too slow)
 
     def to_dict(self) -> dict:
         return {"tensor_record": {"name": self.name, "rank": self.rank, "recv_ns": self.recv_ns,
                                   "sent_ns": self.sent_ns, "delay_ms": self.delay_ms, "compute_ms": self.compute_ms,
                                   "syncs": self.syncs, "sync_ms": self.sync_ms,
-                                  "down_transport_ms": self.down_transport_ms, "bytes_in": self.bytes_in}}
+                                  "down_transport_ms": self.down_transport_ms, "bytes_in": self.bytes_in,
+                                  "stretch_ms": self.stretch_ms, "shortfall_ms": self.shortfall_ms}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorRecord":
@@ -135,4 +138,6 @@ class TensorRecord:
                    compute_ms=_number(body, "compute_ms", what), syncs=_nonneg_int(body, "syncs", what, MAX_SYNCS + 1),
                    sync_ms=_number(body, "sync_ms", what),
                    down_transport_ms=_number(body, "down_transport_ms", what),
-                   bytes_in=_nonneg_int(body, "bytes_in", what))
+                   bytes_in=_nonneg_int(body, "bytes_in", what),
+                   stretch_ms=_optional_number(body, "stretch_ms", what),
+                   shortfall_ms=_optional_number(body, "shortfall_ms", what))

@@ -53,6 +53,7 @@ def summary_rows(rows: list[dict]) -> list[dict]:
             "config_key": key, "model": Path(first["model"]).name, "dtype": first["dtype"], "nodes": int(first["nodes"]),
             "threads": int(first["threads"]), "latency": f"{lo:g}-{hi:g}", "latency_mid_ms": (lo + hi) / 2,
             "parallelism": first.get("parallelism") or "pipeline",  # results.csv files older than the field: pipeline
+            "compute": first.get("compute") or "real", "devices": first.get("devices") or "",
             "replies": len(group), "tokens": first.get("completion_tokens"),
             **{m: stat(group, m) for m in ("ttft_ms", "ttlt_ms", "tpot_ms", "decode_tok_s", "compute_ms",
                                            "transport_ms", "injected_latency_ms", "hop_transport_p50_ms", "syncs",
@@ -75,6 +76,16 @@ def _f(v, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def mode_label(s: dict) -> str:
+    """'tensor', or 'tensor, modelled on rpi4b' (summaries of older results.csv files have neither field)."""
+    label = s["parallelism"]
+    if s.get("compute", "real") != "real":
+        label += f", {s['compute']}"
+    if s.get("devices"):
+        label += f" on {s['devices']}"
+    return label
+
+
 def markdown(summary: list[dict], title: str = "Sweep results") -> str:
     head = ["model", "dtype", "nodes", "threads", "mode", "latency ms", "n", "TTFT ms", "TTLT ms", "TPOT ms",
             "decode tok/s", "compute ms", "transport ms", "injected ms", "hop p50 ms", "root CPU %", "worker CPU %",
@@ -83,7 +94,7 @@ def markdown(summary: list[dict], title: str = "Sweep results") -> str:
              "CPU: mean % of one core over a reply (root; mean of the workers); memory: max over the reply.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [s["model"], s["dtype"], s["nodes"], s["threads"], s["parallelism"], s["latency"], s["replies"],
+        cells = [s["model"], s["dtype"], s["nodes"], s["threads"], mode_label(s), s["latency"], s["replies"],
                  _mmm(s["ttft_ms"]), _mmm(s["ttlt_ms"]), _mmm(s["tpot_ms"]), _mmm(s["decode_tok_s"], 2),
                  _mmm(s["compute_ms"]), _mmm(s["transport_ms"], 1), _mmm(s["injected_latency_ms"]),
                  _mmm(s["hop_transport_p50_ms"], 2), _f(s["root_cpu_mean"]), _f(s["worker_cpu_mean"]),

@@ -25,10 +25,26 @@ def compose_env(cfg: RunConfig, web_port: int) -> dict:
            "LATENCY_SEED": str(cfg.seed), "PARALLELISM": cfg.parallelism, "WEB_PORT": str(web_port)}
     if cfg.max_context:
         env["MAX_CONTEXT"] = str(cfg.max_context)
+    env.update(profile_env(cfg))
     if is_preset(cfg.model):
         env.update(MODEL_PRESET=cfg.model, MODEL_PATH="")
     else:  # a real model must sit in ./models, mounted at /models
         env["MODEL_PATH"] = f"/models/{Path(cfg.model).name}"
+    return env
+
+
+def profile_env(cfg: RunConfig) -> dict:
+    """COMPUTE, DEVICES, ROOT_DEVICE and NETWORK for the root, those set only (as MAX_CONTEXT); a named
+    network's latency is its own, so the LATENCY_* variables are cleared (an empty variable counts as unset)."""
+    env = {}
+    if cfg.compute != "real":
+        env["COMPUTE"] = cfg.compute
+    if cfg.devices:
+        env["DEVICES"] = cfg.devices.replace(" ", "")
+    if cfg.root_device != "host":
+        env["ROOT_DEVICE"] = cfg.root_device
+    if cfg.network:
+        env.update(NETWORK=cfg.network, LATENCY_MIN_MS="", LATENCY_MAX_MS="")
     return env
 
 
@@ -75,7 +91,8 @@ class LocalRunner:
         from backend.local import LocalCluster
         lo, hi = cfg.latency_ms
         with LocalCluster(cfg.model, workers=cfg.nodes, threads=cfg.threads, latency_ms=f"{lo:g},{hi:g}",
-                          dtype=cfg.dtype, seed=cfg.seed, parallelism=cfg.parallelism, log_dir=self.log_dir) as c:
+                          dtype=cfg.dtype, seed=cfg.seed, parallelism=cfg.parallelism, log_dir=self.log_dir,
+                          extra_env=profile_env(cfg)) as c:
             yield c.url
 
     def close(self, remove_volume: bool = False) -> None:

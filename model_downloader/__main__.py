@@ -57,7 +57,9 @@ def run_synthetic(args: argparse.Namespace) -> int:
     except OSError as error:  # e.g. the folder exists and is not ours, or the disk is full
         return fail(str(error))
     elapsed_s = time.perf_counter() - started
-    print(f"{folder}: synthetic {args.preset} (seed {args.seed}, random weights) ready in {elapsed_s:.1f} s")
+    what = "shape only, no weights: serve it with COMPUTE=modelled" if PRESETS[args.preset].shape_only \
+        else "random weights"
+    print(f"{folder}: synthetic {args.preset} (seed {args.seed}, {what}) ready in {elapsed_s:.1f} s")
     return 0
 
 
@@ -93,7 +95,7 @@ def format_presets_table() -> str:
                 str(preset.vocab_size),
                 f"{param_count(preset) / 1e6:,.1f}M",
                 preset.dtype,
-                f"{weight_bytes(preset) / 1e9:.2f} GB",
+                f"{weight_bytes(preset) / 1e9:.2f} GB" + (" (shape only)" if preset.shape_only else ""),
                 preset.description,
             )
         )

@@ -1,5 +1,8 @@
 """Named model shapes: tiny ones for tests and the real shapes of the models we simulate.
 
+Shape-only presets (Llama 2 7B/13B/70B, Llama 3 8B) are made as config.json + tokenizer, no weights:
+they are for modelled compute (COMPUTE=modelled), which reads the shape and never a weight.
+
 The arithmetic helpers are pure and import nothing heavy, so the root and the workers can use them
 for memory estimates without loading transformers.
 """
@@ -44,6 +47,7 @@ class ModelPreset:
     bos_token: str  # the special tokens' text, as the real tokenizer spells them
     eos_token: str
     dtype: str  # storage dtype of the weight files: a key of DTYPE_BYTES
+    shape_only: bool = False  # no weight files are made: too big to make or run here (COMPUTE=modelled only)
 
 
 LLAMA_3_ROPE = Llama3RopeScaling(
@@ -193,6 +197,48 @@ PRESETS["qwen3-0.6b"] = QWEN3_0_6B
 PRESETS["qwen3-1.7b"] = replace(
     QWEN3_0_6B, name="qwen3-1.7b", hidden_size=2048, intermediate_size=6144,
     description="Shape of Qwen/Qwen3-1.7B (28 layers, head_dim 128, q/k norms, tied embeddings, 152k vocab)")
+
+
+# The real config.json values of meta-llama/Llama-2-{7b,13b,70b}-hf (float16 weights, rms_norm_eps 1e-5,
+# rope_theta 10000, 4096 positions, untied lm_head; 70B uses grouped-query attention with 8 KV heads)
+# and meta-llama/Meta-Llama-3-8B (bfloat16, rope_theta 500000, 8192 positions, 128k vocab, no rope scaling).
+LLAMA_2_7B = ModelPreset(
+    name="llama-2-7b",
+    description="Shape of meta-llama/Llama-2-7b-hf (32 layers, 32k vocab); shape only: COMPUTE=modelled",
+    model_type="llama",
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    head_dim=128,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+    rope_theta=10000.0,
+    rope_scaling=None,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    bos_token="<s>",
+    eos_token="</s>",
+    dtype="float16",
+    shape_only=True,
+)
+PRESETS["llama-2-7b"] = LLAMA_2_7B
+PRESETS["llama-2-13b"] = replace(
+    LLAMA_2_7B, name="llama-2-13b", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+    num_attention_heads=40, num_key_value_heads=40,
+    description="Shape of meta-llama/Llama-2-13b-hf (40 layers, 32k vocab); shape only: COMPUTE=modelled")
+PRESETS["llama-2-70b"] = replace(
+    LLAMA_2_7B, name="llama-2-70b", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+    num_attention_heads=64, num_key_value_heads=8,
+    description="Shape of meta-llama/Llama-2-70b-hf (80 layers, GQA 64/8, 32k vocab); shape only: COMPUTE=modelled")
+PRESETS["llama-3-8b"] = replace(
+    LLAMA_2_7B, name="llama-3-8b", intermediate_size=14336, num_key_value_heads=8, vocab_size=128256,
+    max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=128000, eos_token_id=128001,
+    bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", dtype="bfloat16",
+    description="Shape of meta-llama/Meta-Llama-3-8B (32 layers, GQA 32/8, 128k vocab); shape only: COMPUTE=modelled")
 
 
 def preset_from_config(config: dict, name: str = "custom") -> ModelPreset:

@@ -3,6 +3,7 @@
 No model can be downloaded on the build machine, so these stand in for the real ones: the same
 tensor names, shapes, dtypes and file layout, so every loading and slicing path runs unchanged.
 The folder is a pure function of (preset, seed, dtype): same inputs, byte-identical files.
+A shape-only preset (presets.py) gets everything but the weight files: modelled compute needs no more.
 """
 
 import fcntl
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .presets import ModelPreset, get_preset, preset_config, weight_shapes
+from .presets import PRESETS, ModelPreset, get_preset, preset_config, weight_shapes
 from .safetensors_stream import TensorSpec, plan_shards, shard_file_names, write_safetensors
 from .synthetic_tokenizer import build_tokenizer
 
@@ -54,13 +55,18 @@ def _to_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
+def synthetic_marker(preset: ModelPreset, seed: int) -> dict:
+    """config.json's `synthetic` entry: which preset and seed; shape_only when the folder has no weights."""
+    return {"preset": preset.name, "seed": seed, **({"shape_only": True} if preset.shape_only else {})}
+
+
 def model_config_dict(preset: ModelPreset, seed: int, dtype: str) -> dict:
     """config.json: the family's config (LlamaConfig, Qwen3Config) in the storage dtype, marked synthetic
     so the root can say so."""
     config = preset_config(preset)
     config.dtype = TORCH_DTYPES[dtype]
     config_dict = config.to_diff_dict()  # what save_pretrained writes: no default-valued clutter
-    config_dict["synthetic"] = {"preset": preset.name, "seed": seed}
+    config_dict["synthetic"] = synthetic_marker(preset, seed)
     return config_dict
 
 
@@ -92,7 +98,7 @@ def write_model_files(preset: ModelPreset, folder: Path, seed: int, dtype: str, 
     """Everything a Hugging Face model folder has, then the completion marker, into `folder`."""
     from transformers import GenerationConfig
 
-    files = write_weights(preset, folder, seed, dtype, max_shard_bytes)
+    files = [] if preset.shape_only else write_weights(preset, folder, seed, dtype, max_shard_bytes)
     _write_json(folder / "config.json", model_config_dict(preset, seed, dtype))
     GenerationConfig(bos_token_id=preset.bos_token_id, eos_token_id=preset.eos_token_id).save_pretrained(folder)
     build_tokenizer(preset, seed).save_pretrained(folder)
@@ -114,13 +120,14 @@ def is_complete(folder: Path, preset_name: str, seed: int, dtype: str) -> bool:
         return False
     if (marker.get("preset"), marker.get("seed"), marker.get("dtype")) != (preset_name, seed, dtype):
         return False
-    if config.get("synthetic") != {"preset": preset_name, "seed": seed}:
+    preset = PRESETS.get(preset_name)
+    if preset is None or config.get("synthetic") != synthetic_marker(preset, seed):
         return False
     for name, size in marker.get("weight_files", {}).items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != size:
             return False
-    return bool(marker.get("weight_files")) and (folder / "tokenizer.json").is_file()
+    return (bool(marker.get("weight_files")) or preset.shape_only) and (folder / "tokenizer.json").is_file()
 
 
 def is_replaceable(folder: Path) -> bool:

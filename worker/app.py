@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import torch
@@ -25,12 +26,16 @@ from common.errors import error_response
 from common.frame import FrameError, decode_frame, encode_frame
 from common.latency import sleep_exactly
 from common.placement import memory_report
+from common.profiles import HOST, DeviceProfile, ProfileError
+from common.profiles import device as catalog_device
 from common.protocol import (REQUEST_ID, LoadAssignment, ProtocolError, StageRecord, StepError, StepHeader,
                              WorkerHealth, reply_from_dict)
 from common.selfstats import container_stats
 from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
+from .modelled import TENSOR_SLICES, ModelledSlice, ModelledTensorSlice, modelled_slice
+from .played_device import StretchClock, play
 from .quantize import quantized_engine
 from .shard import DecoderSlice
 from .tensor_slice import TensorSlice
@@ -46,11 +51,14 @@ def check_model_path(assignment: LoadAssignment, roots: tuple[str, ...]) -> None
 
 
 class WorkerState:
-    def __init__(self, settings: WorkerSettings, transport: Transport):
+    def __init__(self, settings: WorkerSettings, transport: Transport,
+                 profiles: Callable[[str], DeviceProfile] = catalog_device):
         self.settings, self.transport = settings, transport
+        self.profiles = profiles  # device name -> profile (profiles/devices.yaml; a test may pass its own)
+        self.clock = StretchClock(None, settings.threads)  # times each compute; stretches it to the played device
         self.caches = KVCacheStore(settings.max_caches, settings.cache_ttl_s)
         self.assignment: LoadAssignment | None = None
-        self.slice: DecoderSlice | TensorSlice | None = None
+        self.slice: DecoderSlice | TensorSlice | ModelledSlice | ModelledTensorSlice | None = None
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
         self.load_lock = threading.Lock()
@@ -62,7 +70,12 @@ class WorkerState:
                 self.slice = None
                 self.caches.clear()
                 started = time.perf_counter()
-                if assignment.share is not None:  # tensor mode: a share of every layer
+                if assignment.compute == "modelled":  # no weights: each step takes its device's modelled time
+                    self.slice = modelled_slice(assignment)
+                    log.info("%s models %s on %s (no weights)", assignment.name, assignment.share.label()
+                             if assignment.share else f"layers [{assignment.shard.start}, {assignment.shard.end})",
+                             assignment.device)
+                elif assignment.share is not None:  # tensor mode: a share of every layer
                     self.slice = TensorSlice(assignment.model_path, assignment.share, assignment.dtype,
                                              gemv=self.settings.decode_gemv)
                     log.info("%s loaded %s of every layer in %.1f s", assignment.name, assignment.share.label(),
@@ -72,6 +85,7 @@ class WorkerState:
                                               gemv=self.settings.decode_gemv)
                     log.info("%s loaded layers [%d, %d) in %.1f s", assignment.name, assignment.shard.start,
                              assignment.shard.end, time.perf_counter() - started)
+                self.clock = device_clock(self, assignment)  # after the weights: see played_device.measured_gbps
                 self.status = "ready"
             except Exception as exc:  # any load failure is reported to the root through /healthz
                 log.exception("load failed")
@@ -102,16 +116,18 @@ def device_report(settings: WorkerSettings, state: WorkerState) -> dict:
                            host_available=host_available, declared_limit=settings.memory_limit_bytes,
                            process_rss=psutil.Process().memory_info().rss, held_bytes=held)
     return {"threads": settings.threads, "cpus": round(quota / period, 3) if quota and period else None,
-            "held_weight_bytes": held, **memory}
+            "held_weight_bytes": held, "plays": state.clock.describe(), **memory}
 
 
-def create_app(settings: WorkerSettings | None = None, transport: Transport | None = None) -> Flask:
+def create_app(settings: WorkerSettings | None = None, transport: Transport | None = None,
+               profiles: Callable[[str], DeviceProfile] = catalog_device) -> Flask:
+    """profiles: the device catalog's lookup by name (tests pass a profile of their own)."""
     settings = settings or WorkerSettings.from_env()
     transport = transport or TcpTransport(settings.host, settings.max_frame_bytes, settings.secret)
     torch.set_num_threads(settings.threads)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_frame_bytes
-    state = WorkerState(settings, transport)
+    state = WorkerState(settings, transport, profiles)
     app.extensions["worker_state"] = state
 
     def authorised() -> bool:
@@ -150,6 +166,11 @@ def create_app(settings: WorkerSettings | None = None, transport: Transport | No
         if state.status == "ready" and state.assignment is not None and state.assignment.holds_same(assignment):
             state.assignment = assignment  # only the next hop moved (a rescheduled task): no reload
             return jsonify({"status": state.status}), 200
+        try:
+            if assignment.device != HOST:
+                state.profiles(assignment.device)  # an unknown name at once; its speed once the slice is in
+        except ProfileError as exc:
+            return error_response(400, str(exc))
         threading.Thread(target=state.load, args=(assignment,), daemon=True).start()
         return jsonify({"status": "loading"}), 202
 
@@ -164,7 +185,7 @@ def create_app(settings: WorkerSettings | None = None, transport: Transport | No
     @app.get("/v1/info")
     def info():
         sl, a = state.slice, state.assignment
-        tensor = isinstance(sl, TensorSlice)
+        tensor = isinstance(sl, TENSOR_SLICES)
         return jsonify({
             "status": state.status, "threads": settings.threads, "pid": os.getpid(),
             "layers": [a.shard.start, a.shard.end] if sl and a else None,
@@ -177,6 +198,7 @@ def create_app(settings: WorkerSettings | None = None, transport: Transport | No
             "caches": state.caches.ids(),
             "rss_bytes": psutil.Process().memory_info().rss,
             "device": device_report(settings, state),
+            "plays": state.clock.describe(),  # the device it plays, the measured factor, its stretch so far
         })
 
     @app.post("/v1/forward")
@@ -193,6 +215,19 @@ def create_app(settings: WorkerSettings | None = None, transport: Transport | No
     return app
 
 
+def device_clock(state: WorkerState, assignment: LoadAssignment) -> StretchClock:
+    """The clock of the device the assignment plays, this host measured now (ProfileError: an unknown
+    name; DeviceRefused: faster than this host, so the load fails and the root's start-up with it).
+    Only real compute is stretched: modelled compute takes the device's time from its profile."""
+    played = None
+    if assignment.compute == "real":
+        played = play(assignment.device, assignment.dtype, state.settings.threads, state.profiles)
+    if played is not None:
+        log.info("%s plays %s: this host %.2f GB/s, the device %.2f GB/s (%s), stretch factor %.2f",
+                 assignment.name, played.key, played.host_gbps, played.device_gbps, played.figure, played.factor)
+    return StretchClock(played, state.settings.threads)
+
+
 class StepFailed(Exception):
     """A step that cannot be done; carries the StepError to answer with."""
 
@@ -207,7 +242,7 @@ def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHea
     a, sl = state.assignment, state.slice
     if state.status != "ready" or sl is None or a is None:
         raise StepFailed(StepError(503, f"worker is {state.status}, not ready", worker=a.name if a else None))
-    if isinstance(sl, TensorSlice):
+    if isinstance(sl, TENSOR_SLICES):
         raise StepFailed(StepError(400, f"{a.name} holds a tensor-parallel share: it takes tensor steps from the "
                                         "root, not ring frames", worker=a.name))
     try:
@@ -221,6 +256,7 @@ def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHea
         sleep_exactly(delay_ms / 1e3)  # the incoming link's injected latency
     with state.compute_lock:
         started = time.perf_counter()
+        timing = state.clock.start()
         try:
             cache = state.caches.get_or_create(header.request_id, header.start_pos)
             out = sl.forward(hidden, cache, header.start_pos)
@@ -228,9 +264,11 @@ def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHea
             raise StepFailed(StepError(429, str(exc), worker=a.name)) from None
         except (KeyError, ValueError) as exc:
             raise StepFailed(StepError(409, str(exc).strip("'\""), worker=a.name)) from None
+        stretch_ms, shortfall_ms = state.clock.finish(timing)  # the played device is busy while it sleeps
         compute_ms = (time.perf_counter() - started) * 1e3
     record = StageRecord(name=a.name, layers=(a.shard.start, a.shard.end), recv_ns=recv_ns, sent_ns=time.time_ns(),
-                         delay_ms=delay_ms, compute_ms=compute_ms, bytes_in=len(data))
+                         delay_ms=delay_ms, compute_ms=compute_ms, bytes_in=len(data), stretch_ms=stretch_ms,
+                         shortfall_ms=shortfall_ms)
     return header.passed(record), out
 
 

@@ -19,7 +19,7 @@ from common.protocol import ProtocolError, StepError
 from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
 
 from .caches import CacheFull
-from .tensor_slice import TensorSlice
+from .modelled import TENSOR_SLICES
 
 
 class SyncFailed(Exception):
@@ -88,7 +88,7 @@ def _error(status: int, message: str, worker: str | None) -> bytes:
 def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
     """The data plane's step in tensor mode: the answer to the root's broadcast call."""
     a, sl = state.assignment, state.slice
-    if state.status != "ready" or not isinstance(sl, TensorSlice) or a is None or a.share is None:
+    if state.status != "ready" or not isinstance(sl, TENSOR_SLICES) or a is None or a.share is None:
         return _error(503, f"worker is {state.status}, not ready for a tensor step", a.name if a else None)
     try:
         raw, hidden = decode_frame(data, state.settings.max_frame_bytes)
@@ -100,7 +100,7 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
     if step.delay_ms > 0:
         sleep_exactly(step.delay_ms / 1e3)  # the broadcast link's injected latency
     syncs = Syncs(state, step)
-    compute_ms = 0.0
+    compute_ms = stretch_ms = shortfall_ms = 0.0
     try:
         with state.compute_lock:
             cache = state.caches.get_or_create(step.request_id, step.start_pos)
@@ -108,15 +108,21 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
         message = None  # the first call starts the coroutine; then each sum is sent in
         while True:
             # The device computes one thing at a time; it is free while this step waits on a sync.
+            # A played device stretches each segment between syncs, not the step at its end: its
+            # partial leaves when the device would have it, so the syncs wait for the slow rank.
             with state.compute_lock:
                 started = time.perf_counter()
+                timing = state.clock.start()
+                finished = False
                 try:
                     partial = next(run) if message is None else run.send(message)
                 except StopIteration as done:
-                    out = done.value
-                    compute_ms += (time.perf_counter() - started) * 1e3
-                    break
+                    out, finished = done.value, True
+                slept, short = state.clock.finish(timing)
+                stretch_ms, shortfall_ms = stretch_ms + slept, shortfall_ms + short
                 compute_ms += (time.perf_counter() - started) * 1e3
+            if finished:
+                break
             message = syncs(partial)
     except SyncFailed as exc:
         return encode_frame(exc.error.to_dict(), None)
@@ -126,6 +132,7 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
         return _error(409, f"{a.name}: {str(exc).strip(chr(39) + chr(34))}", a.name)
     record = TensorRecord(name=a.name, rank=a.share.rank, recv_ns=recv_ns, sent_ns=time.time_ns(),
                           delay_ms=step.delay_ms, compute_ms=compute_ms, syncs=syncs.count, sync_ms=syncs.sync_ms,
-                          down_transport_ms=syncs.down_transport_ms, bytes_in=len(data))
+                          down_transport_ms=syncs.down_transport_ms, bytes_in=len(data), stretch_ms=stretch_ms,
+                          shortfall_ms=shortfall_ms)
     # Every worker holds the same output; worker 1's goes home for the LM head.
     return encode_frame(record.to_dict(), out.contiguous() if a.share.rank == 0 else None)

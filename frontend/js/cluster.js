@@ -129,7 +129,10 @@ function renderCluster(c, rootStatus, rootNote) {
     const meta = $("cluster").querySelector(`[data-node="worker-${i + 1}"] .node-meta`);
     if (meta) setText(meta, workerMeta(w));
   });
-  $("synthetic-banner").hidden = !(c.model && c.model.synthetic);
+  const modelled = c.compute === "modelled";
+  $("modelled-banner").hidden = !modelled;
+  // The synthetic banner says the timings are real: with modelled compute its own banner says what is.
+  $("synthetic-banner").hidden = modelled || !(c.model && c.model.synthetic);
   renderModelInfo(c);
 }
 
@@ -156,6 +159,7 @@ function renderModelInfo(c) {
     ["Model", `${m.name || "?"}${m.synthetic ? " (synthetic)" : ""}`],
     ["Path", m.path || "—"],
     ["Dtype", m.dtype || "—"],
+    ["Compute", c.compute === "modelled" ? `modelled, not real tokens (LM head on ${c.root_device || "?"})` : "real"],
     ["Layers", m.n_layers ?? "—"],
     ["Hidden size", m.hidden_size ?? "—"],
     ["Vocabulary", m.vocab_size ?? "—"],
