@@ -271,7 +271,9 @@ def reference(tiny_model):
     return hf_greedy(tiny_model, ids, N_TOKENS)
 
 
-@pytest.mark.parametrize("parallelism,devices", [("pipeline", "rpi4b"), ("tensor", "rpi5,rpi4b")])
+# rpi4b, one name per worker in tensor mode: a Pi 5 (11.6 GB/s) is within 2x of what this host gives a worker
+# in float32 (19.5 GB/s quiet, below 11.6 on a loaded machine: refused, as it should be, but not a test's subject).
+@pytest.mark.parametrize("parallelism,devices", [("pipeline", "rpi4b"), ("tensor", "rpi4b,rpi4b")])
 def test_workers_playing_a_pi_stretch_their_compute_and_keep_the_tokens(tiny_model, logs_dir, reference,
                                                                         parallelism, devices):
     with start_cluster(tiny_model, logs_dir, workers=2, parallelism=parallelism, devices=devices,

@@ -51,6 +51,7 @@ def cpu_clock(threads: int) -> Callable[[], float]:
 
 
 QUIET_SHARE = 0.95  # a measurement whose threads ran at least this share of its wall time had its cores
+QUIET_RUNS = 3      # quiet runs measured; the largest is kept (sharing the memory bus only lowers a figure)
 
 
 def quiet_measurement(measure: Callable[[], float], threads: int, budget_s: float = 60.0,
@@ -63,19 +64,24 @@ def quiet_measurement(measure: Callable[[], float], threads: int, budget_s: floa
     its wall-clock figure then counts the time it waited for a core. Measured at /v1/load, when the
     root asks one worker after another, 4 TinyLlama workers on 2 cores read 9-21 GB/s (factors
     1.6-4.2 for one device: the slow figure plays the device twice too fast); measured once the
-    slice is in and waiting for a quiet moment, 18-21 (bench/stretch.py)."""
+    slice is in and waiting for a quiet moment, 18-21 (bench/stretch.py). A run with its cores can
+    still share the memory bus with a neighbour loading its weights (8.7 GB/s against 19.5 alone,
+    which refused rpi5): that only lowers a figure, so the largest of QUIET_RUNS spaced quiet runs
+    is taken."""
     clock = cpu_clock(threads)
     deadline = time.perf_counter() + budget_s
-    best_share, best = -1.0, 0.0
+    best_share, best, quiet = -1.0, 0.0, []
     while True:
         wall0, cpu0 = time.perf_counter(), clock()
         gbps = measure()
         wall = time.perf_counter() - wall0
         share = (clock() - cpu0) / threads / wall if wall > 0 else 1.0
-        if share > best_share:
+        if share >= QUIET_SHARE * full_share:
+            quiet.append(gbps)
+        elif share > best_share:
             best_share, best = share, gbps
-        if share >= QUIET_SHARE * full_share or time.perf_counter() + wall + pause_s > deadline:
-            return best
+        if len(quiet) >= QUIET_RUNS or time.perf_counter() + wall + pause_s > deadline:
+            return max(quiet) if quiet else best
         time.sleep(pause_s)
         pause_s = min(2 * pause_s, 2.0)
 
