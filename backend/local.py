@@ -65,6 +65,18 @@ def free_port_pair() -> int:
     raise RuntimeError("found no pair of free ports")
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a process started in its own session (start_new_session) and its children: SIGTERM to the
+    group, SIGKILL after grace_s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class LocalCluster:
     """Start with .start(), stop with .stop() (or use as a context manager)."""
 
@@ -86,6 +98,8 @@ class LocalCluster:
         self.port = port or free_port_pair()
         self.extra_env = extra_env or {}
         self.log_dir = log_dir
+        if log_dir:
+            log_dir.mkdir(parents=True, exist_ok=True)
         self.repo = Path(repo)  # the code the processes run: this checkout, or another to compare with
         self.worker_ports = [free_port_pair() for _ in range(workers)]
         self.secret = secrets.token_hex(16)  # a fresh cluster secret per cluster: no peer outside it gets in
@@ -155,13 +169,8 @@ class LocalCluster:
 
     def stop_process(self, name: str) -> None:
         proc = self.procs.get(name)
-        if proc and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc:
+            stop_group(proc)
 
     def stop(self) -> None:
         for name in list(self.procs):
@@ -185,7 +194,7 @@ def main(argv=None) -> int:
                     "(rpi5,rpi5,rpi4b); default: each worker is its share of this machine")
     ap.add_argument("--network", default="", help="the link model of every link, by name (gigabit-ethernet)")
     ap.add_argument("--port", type=int, default=5000)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8", "q40", "q80"],
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8", "int4", "q40", "q80"],
                     help="q40, q80: with --compute modelled only")
     ap.add_argument("--compute", default="real", choices=["real", "modelled"],
                     help="modelled: no weights, each worker takes its device's modelled time (tokens not real)")
@@ -201,8 +210,6 @@ def main(argv=None) -> int:
     if args.workers < 1:
         ap.error("--workers must be at least 1")
     log_dir = Path(args.logs) if args.logs else None
-    if log_dir:
-        log_dir.mkdir(parents=True, exist_ok=True)
     extra_env = {"PLACEMENT": args.placement} if args.placement else {}
     extra_env.update({k: v for k, v in (("COMPUTE", args.compute), ("ROOT_DEVICE", args.root_device)) if v})
     try:

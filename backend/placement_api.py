@@ -5,7 +5,7 @@ Query (all optional; the root's settings by default):
   mode      even | manual | threads | memory | fit                       (pipeline only)
   split     manual layer counts, e.g. 8,4,2,2 (implies mode=manual when mode is not given)  (pipeline only)
   order     fit's priority, e.g. worker-3,worker-1 (worker names, containers or compose services)  (pipeline only)
-  dtype     float32 | bfloat16 | float16 | int8 (tensor: float32 | bfloat16); COMPUTE=modelled: also q40 | q80
+  dtype     float32 | bfloat16 | float16 | int8 | int4 (tensor: float32 | bfloat16 | int4); COMPUTE=modelled: also q40 | q80
   context   tokens of context each cached request may reach (default: the root's limit)
   concurrent  requests cached at once (default: MAX_CONCURRENT)
 

@@ -2,11 +2,11 @@
 when the workers cannot split the model, and the memory estimate of each share (pure)."""
 from __future__ import annotations
 
-from common.dtypes import KV_BYTES, WEIGHT_BYTES
+from common.dtypes import KV_BYTES, WEIGHT_BYTES, int4_matrix_bytes
 from common.placement import Device, Placement, Shard, WorkerPlan
 from common.tensor_split import TensorShare, tensor_shares
 
-TENSOR_DTYPES = ("float32", "bfloat16")  # worker/tensor_slice.py SUPPORTED_DTYPES; int8 is pipeline-only
+TENSOR_DTYPES = ("float32", "bfloat16", "int4")  # worker/tensor_slice.py SUPPORTED_DTYPES; int8 is pipeline-only
 
 
 class TensorRefused(ValueError):
@@ -30,13 +30,21 @@ def head_dim(config: dict) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
+def share_layer_weight_bytes(share: TensorShare, hidden: int, hd: int, dtype: str) -> int:
+    """Bytes of one layer's share: int4 its padded 4-bit slices + float32 norms (worker/int4.py), else
+    its parameters at the dtype's width."""
+    if dtype == "int4":
+        return sum(int4_matrix_bytes(*shape) for shape in share.linear_shapes(hidden, hd)) + 2 * hidden * 4
+    return share.layer_params(hidden, hd) * WEIGHT_BYTES[dtype]
+
+
 def tensor_placement(config: dict, shares: list[TensorShare], devices: list[Device], dtype: str,
                      max_context: int, max_concurrent: int) -> Placement:
     """Every worker holds every layer (Shard(0, layers)); its weights and KV cache are its share's."""
     n_layers, hidden, hd = config["num_hidden_layers"], config["hidden_size"], head_dim(config)
     tokens = max_context * max_concurrent
     workers = tuple(
-        WorkerPlan(d.name, Shard(0, n_layers), n_layers * share.layer_params(hidden, hd) * WEIGHT_BYTES[dtype],
+        WorkerPlan(d.name, Shard(0, n_layers), n_layers * share_layer_weight_bytes(share, hidden, hd, dtype),
                    n_layers * 2 * share.n_kv_heads * hd * tokens * KV_BYTES[dtype],
                    d.memory_limit_bytes, d.memory_available_bytes)
         for d, share in zip(devices, shares))

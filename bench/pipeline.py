@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 from backend.metrics import reply_metrics
+from common.dtypes import QUANTIZED, RUN_DTYPES, compute_dtype_name
 
 from . import stats
 from .common import REPO, emit, local_runs, mmm, model_and_prompt, print_table, quiet_env
@@ -24,13 +25,21 @@ LOGS = REPO / "artifacts" / "bench-logs"  # each process's log, for a cluster th
 
 def bytes_per_token(model, dtype: str) -> int:
     from model_downloader.presets import layer_param_count, preset_from_config
-    shape = preset_from_config(json.loads((model / "config.json").read_text()))
+    config = json.loads((model / "config.json").read_text())
+    shape = preset_from_config(config)
+    if dtype in QUANTIZED:  # the layers' quantized bytes read once (int8: one of its two copies) + a float32 head
+        from common.placement import ModelShape
+        layers = ModelShape.from_config(config)
+        per_layer = (layers.linear_params + layers.norm_params * 4 if dtype == "int8"
+                     else layers.layer_weight_bytes(dtype))
+        return per_layer * shape.num_hidden_layers + stats.decoder_bytes_per_token(
+            0, 0, shape.vocab_size, shape.hidden_size, ELEM_BYTES["float32"])
     return stats.decoder_bytes_per_token(layer_param_count(shape), shape.num_hidden_layers, shape.vocab_size,
                                          shape.hidden_size, ELEM_BYTES[dtype])
 
 
 def hf_baseline(model, dtype: str, threads: int, prompt_ids: list[int], tokens: int, repeats: int, warmup: int):
-    hf = load_hf(model, dtype, threads)
+    hf = load_hf(model, compute_dtype_name(dtype), threads)  # int8 / int4: generate in float32, their reference
     for _ in range(warmup):  # warm-up excluded
         hf_generate_times(hf, prompt_ids, tokens)
     runs = [reply_metrics(*hf_generate_times(hf, prompt_ids, tokens), len(prompt_ids), 0.0) for _ in range(repeats)]
@@ -125,7 +134,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tinyllama-1.1b", help="synthetic shape (made once under models/synthetic)")
     ap.add_argument("--model", default="", help="a real model folder instead of a synthetic preset")
-    ap.add_argument("--dtype", default="bfloat16", choices=sorted(ELEM_BYTES))
+    ap.add_argument("--dtype", default="bfloat16", choices=RUN_DTYPES,
+                    help="int8 / int4: quantized workers; generate (the baseline) runs in float32")
     ap.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per stage (and for generate)")
     ap.add_argument("--tokens", type=int, default=16, help="tokens per reply (ignore_eos)")

@@ -1,5 +1,7 @@
 """python -m bench.stretch: how true the stretch of a worker that plays a slower device (DEVICES) is.
 
+It judges the cpu clock (PLAY_CLOCK=cpu: CPU time x factor, common/stretch.py).
+
 Per worker, the prediction is its unshared compute here (the same cluster playing `host`, one reply
 at a time: in a pipeline one worker computes at a time, so nobody shares its core) times the factor
 the worker measured at load; the measurement is the compute the played cluster reports (real +
@@ -54,7 +56,9 @@ def paired_runs(model: Path, workers: int, dtype: str, device: str, prompt: str,
     from backend.local import LocalCluster
     LOGS.mkdir(parents=True, exist_ok=True)
     host = LocalCluster(str(model), workers=workers, threads=1, dtype=dtype, log_dir=LOGS)
-    played = LocalCluster(str(model), workers=workers, threads=1, dtype=dtype, devices=device, log_dir=LOGS)
+    played = LocalCluster(str(model), workers=workers, threads=1, dtype=dtype, devices=device, log_dir=LOGS,
+                          extra_env={"PLAY_CLOCK": "cpu"})  # the clock this bench judges (the profile clock's
+                                                            # error is bench.validate's real-against-modelled check)
     first, second = (played, host) if played_first else (host, played)
     with first, second:  # the first is up (and idle) before the second loads and measures this machine
         for cluster in (host, played):

@@ -24,6 +24,7 @@ from .profiles import network as network_profile
 MiB = 1024 * 1024
 PARALLELISMS = ("pipeline", "tensor")
 COMPUTE_MODES = ("real", "modelled")
+PLAY_CLOCKS = ("profile", "cpu")  # what a played device's real compute is stretched toward (common/stretch.py)
 
 
 def _int(name: str, text: str) -> int:
@@ -111,6 +112,8 @@ class WorkerSettings:
     memory_limit_bytes: int | None = None  # declared device memory (MEMORY_LIMIT_MB): a smaller device
                                            # than its cgroup, or a limit for a local process that has none
     decode_gemv: bool = True               # float32 one-row products through gemv (common/gemv.py)
+    play_clock: str = "profile"            # a played device's computes last: profile, the cost model's time for
+                                           # the device | cpu, their CPU time x the measured factor (common/stretch.py)
     secret: SecretSource = field(default_factory=SecretSource)  # none: open (one-process tests, tools)
 
     ENV = {
@@ -118,8 +121,12 @@ class WorkerSettings:
         "MODEL_ROOTS": ("model_roots", _folders), "MAX_FRAME_MB": ("max_frame_bytes", _mib),
         "MAX_CACHES": ("max_caches", _int), "CACHE_TTL_S": ("cache_ttl_s", _float),
         "HOP_TIMEOUT_S": ("hop_timeout_s", _float), "MEMORY_LIMIT_MB": ("memory_limit_bytes", _mib),
-        "DECODE_GEMV": ("decode_gemv", _switch),
+        "DECODE_GEMV": ("decode_gemv", _switch), "PLAY_CLOCK": ("play_clock", _lower),
     }
+
+    def __post_init__(self):
+        if self.play_clock not in PLAY_CLOCKS:
+            raise ValueError(f"PLAY_CLOCK must be one of {', '.join(PLAY_CLOCKS)}, not {self.play_clock!r}")
 
     @classmethod
     def from_env(cls, env=os.environ) -> "WorkerSettings":
@@ -148,8 +155,8 @@ class RootSettings:
     model_seed: int = 0
     synthetic_dir: str = "/synthetic"     # where synthetic models are made (writable by the root only)
     parallelism: str = "pipeline"         # pipeline: each worker holds a run of layers | tensor: a share of every layer
-    dtype: str = "float32"               # float32 | bfloat16 | int8 (int8 weights in the workers' projections;
-                                          # they compute in float32, the root's head stays float32)
+    dtype: str = "float32"               # float32 | bfloat16 | int8 | int4 (int8 / 4-bit weights in the workers'
+                                          # projections; they compute in float32, the root's head stays float32)
     worker_urls: tuple[str, ...] = ()     # fixed list (local mode); empty: discover through Docker
     layer_split: tuple[int, ...] | None = None
     placement: str = ""                   # even | manual | threads | memory | fit; "": manual if layer_split else even

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .profiles import MODELLED_WEIGHT_BYTES, DeviceProfile
 
-KV_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "q40": 4, "q80": 4}
+KV_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "int4": 4, "q40": 4, "q80": 4}
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def layers_cost(device: DeviceProfile, dtype: str, shape: LayerShape, n_layers: 
 def head_cost(device: DeviceProfile, dtype: str, shape: LayerShape) -> StepCost:
     """The root's LM head for one token's logits (the embedding is a lookup: free)."""
     params = shape.vocab * shape.hidden
-    head_dtype = "float32" if dtype == "int8" else dtype  # int8 clusters keep the head in float32
+    head_dtype = "float32" if dtype in ("int8", "int4") else dtype  # their clusters keep the head in float32
     gbps, _ = device.decode_gbps(head_dtype)
     gflops = device.prefill_gflops(head_dtype)
     return StepCost(weight_bytes(params, head_dtype) / (gbps * 1e9) * 1e3,

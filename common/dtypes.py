@@ -7,19 +7,38 @@ from __future__ import annotations
 from .profiles import MODELLED_WEIGHT_BYTES
 
 WIRE_DTYPES = ("float32", "bfloat16", "float16")   # what a frame's tensor may be
-QUANTIZED = ("int8",)                               # weights stored quantized; layers compute in float32
+QUANTIZED = ("int8", "int4")                        # weights stored quantized; layers compute in float32
 RUN_DTYPES = WIRE_DTYPES + QUANTIZED                # what a worker here runs for real (COMPUTE=real)
 # distributed-llama's block formats (4-bit and 8-bit, a float16 scale per 32 weights): no worker here
 # holds such weights, so only modelled compute (COMPUTE=modelled) takes them; it computes in float32.
 MODELLED_ONLY = ("q40", "q80")
 MODEL_DTYPES = RUN_DTYPES + MODELLED_ONLY           # DTYPE of the cluster (check_compute says which when)
 
-# Bytes per stored weight; int8 stores the 7 projections as int8 and keeps the norms in float32.
+# Bytes per stored weight; int8 and int4 store the 7 projections quantized and keep the norms in float32
+# (their exact bytes: common/placement.py ModelShape.layer_weight_bytes, int4_matrix_bytes below).
 # q40/q80: their block sizes (common/profiles.py), what a device playing them would hold.
 WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2,
                 **{name: MODELLED_WEIGHT_BYTES[name] for name in MODELLED_ONLY}}
 # The KV cache is kept in the dtype the layers compute in: int8, q40 and q80 layers compute in float32.
-KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "q40": 4, "q80": 4}
+KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "int4": 4, "q40": 4, "q80": 4}
+
+# int4 (worker/int4.py): torch's int4-packed CPU matmul takes N output rows a multiple of 16 and K inputs a
+# multiple of the group, 32; a matrix is padded with zeros up to those. Per padded matrix it holds the codes
+# (half a byte a weight) and a bfloat16 scale and zero per group of 32 of each row.
+INT4_GROUP = 32
+INT4_ROW_ALIGN = 16
+INT4_GROUP_BYTES = 4  # (scale, zero), bfloat16 each
+
+
+def int4_padded(rows: int, cols: int) -> tuple[int, int]:
+    """(N, K) -> the (N, K) the int4 kernel holds: N up to a multiple of 16, K up to one of 32."""
+    return -(-rows // INT4_ROW_ALIGN) * INT4_ROW_ALIGN, -(-cols // INT4_GROUP) * INT4_GROUP
+
+
+def int4_matrix_bytes(rows: int, cols: int) -> int:
+    """Bytes an int4 (rows x cols) projection holds: 2048 x 2048 -> 2 MiB of codes + 512 KiB of scales."""
+    n, k = int4_padded(rows, cols)
+    return n * k // 2 + n * (k // INT4_GROUP) * INT4_GROUP_BYTES
 
 
 def compute_dtype_name(name: str) -> str:

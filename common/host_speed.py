@@ -6,7 +6,8 @@ Why each figure is measured the way it is:
   the rate at which the weights stream through the product the worker really runs: float32 through
   common.gemv (torch.mv, what DecoderSlice switches its projections to), bfloat16 and float16 through
   F.linear (gemv would be slower there, see common/gemv.py), int8 through PyTorch's dynamically
-  quantized Linear with per-row scales (what worker/quantize.py builds). Figure = the matrix's weight
+  quantized Linear with per-row scales (what worker/quantize.py builds), int4 through torch's int4-packed
+  matmul with bfloat16 around it (what worker/int4.py builds). Figure = the matrix's weight
   bytes / the time of one product. The matrix (128 MiB by default) is four times this host's 32 MiB L3,
   so it streams from memory as a layer's weights do.
 - memory (measure_memory_gbps): a sum over a 256 MiB float32 tensor, read-only like decode and with no
@@ -44,7 +45,7 @@ MATMUL_SIZE = 1024               # 2.1 GFLOP: 30-60 ms per product in float32 on
 COLUMNS = 4096                   # a layer's hidden size is 2048-8192; the rows make up the bytes
 DECODE_REPEATS = 5
 MATMUL_REPEATS = 3
-MEASURED_DTYPES = ("float32", "bfloat16", "float16", "int8")  # what a worker runs for real (no q40/q80 here)
+MEASURED_DTYPES = ("float32", "bfloat16", "float16", "int8", "int4")  # what a worker runs for real (no q40/q80)
 
 
 def _median_s(run: Callable[[], object], repeats: int) -> float:
@@ -90,8 +91,25 @@ def _quantized_linear(weight_int8: torch.Tensor) -> torch.nn.Module:
     return module
 
 
+def _int4_product(rows: int, cols: int, m: int) -> tuple[Callable[[], object], int]:
+    """worker/int4.py's product (torch's int4-packed matmul, bfloat16 around it) over a rows x cols matrix of
+    constant codes, built straight from codes: (the product of m rows, the weight bytes it reads)."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.full((rows, cols), 9, dtype=torch.int32), 1)
+    scales_and_zeros = torch.zeros(cols // dtypes.INT4_GROUP, rows, 2, dtype=torch.bfloat16)
+    scales_and_zeros[..., 0] = 0.01
+    x = torch.randn(m, cols)
+
+    def product():
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, dtypes.INT4_GROUP,
+                                                          scales_and_zeros).float()
+    return product, dtypes.int4_matrix_bytes(rows, cols)
+
+
 def _decode_product(dtype: str, matrix_bytes: int) -> tuple[Callable[[], object], int]:
     """(one decode product over a matrix of about matrix_bytes, the weight bytes it reads)."""
+    if dtype == "int4":
+        rows = max(1, matrix_bytes // dtypes.int4_matrix_bytes(1, COLUMNS) // dtypes.INT4_ROW_ALIGN)
+        return _int4_product(rows * dtypes.INT4_ROW_ALIGN, COLUMNS, 1)
     if dtype == "int8":
         rows = max(1, matrix_bytes // COLUMNS)
         module = _quantized_linear(torch.full((rows, COLUMNS), 3, dtype=torch.int8))
@@ -129,6 +147,8 @@ def measure_matmul_gflops(dtype: str, threads: int, size: int = MATMUL_SIZE, rep
             module = _quantized_linear(torch.full((size, size), 3, dtype=torch.int8))
             x = torch.randn(size, size)
             product = lambda: module(x)  # noqa: E731
+        elif dtype == "int4":  # size a multiple of 32
+            product, _ = _int4_product(size, size, size)
         else:  # F.linear, as a layer computes a prefill (torch.mm takes another, 10x slower bfloat16 path here)
             x = torch.randn(size, size).to(getattr(torch, dtype))
             weight = torch.randn(size, size).to(getattr(torch, dtype))

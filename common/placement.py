@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .dtypes import KV_BYTES, MODEL_DTYPES, WEIGHT_BYTES
+from .dtypes import KV_BYTES, MODEL_DTYPES, WEIGHT_BYTES, int4_matrix_bytes
 
 MODES = ("even", "manual", "threads", "memory", "fit")
 GiB = 1024 ** 3
@@ -94,6 +94,7 @@ class ModelShape:
     linear_rows: int        # their output rows together (int8 keeps a scale per row)
     norm_params: int        # parameters of one layer's 2 RMS norms
     kv_width: int           # num_key_value_heads * head_dim: one position's K (or V) in one layer
+    linear_shapes: tuple[tuple[int, int], ...] = ()  # the 7 projections' (out, in): int4 pads each one
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelShape":
@@ -105,12 +106,18 @@ class ModelShape:
         q_width = heads * head_dim
         linear = hidden * q_width * 2 + hidden * kv_width * 2 + hidden * inter * 3
         rows = q_width + 2 * kv_width + hidden + 2 * inter + hidden
+        shapes = ((q_width, hidden), (kv_width, hidden), (kv_width, hidden), (hidden, q_width),
+                  (inter, hidden), (inter, hidden), (hidden, inter))
         return cls(n_layers=config["num_hidden_layers"], linear_params=linear, linear_rows=rows,
-                   norm_params=2 * hidden, kv_width=kv_width)
+                   norm_params=2 * hidden, kv_width=kv_width, linear_shapes=shapes)
 
     def layer_weight_bytes(self, dtype: str) -> int:
         if dtype == "int8":
             return self.linear_params * INT8_COPIES + self.linear_rows * INT8_ROW_BYTES + self.norm_params * 4
+        if dtype == "int4":
+            if not self.linear_shapes:
+                raise PlacementError("the int4 estimate needs the projections' shapes (ModelShape.from_config)")
+            return sum(int4_matrix_bytes(*shape) for shape in self.linear_shapes) + self.norm_params * 4
         if dtype not in WEIGHT_BYTES:
             raise PlacementError(f"dtype must be one of {MODEL_DTYPES}, not {dtype!r}")
         return (self.linear_params + self.norm_params) * WEIGHT_BYTES[dtype]

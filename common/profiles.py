@@ -18,8 +18,9 @@ CATALOG_DIR = Path(__file__).resolve().parent.parent / "profiles"
 HOST = "host"  # the device a worker is when no profile is named: its share of this machine, measured at start
 
 # Bytes per weight the cost model knows, the dtypes a worker runs here and the ones it can only model
-# (q40: 4-bit blocks of 32 with a float16 scale, 18 bytes per 32 weights; q80: 8-bit, 34 per 32).
-MODELLED_WEIGHT_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0,
+# (q40: 4-bit blocks of 32 with a float16 scale, 18 bytes per 32 weights; q80: 8-bit, 34 per 32;
+# int4, the worker's 4-bit: q40's codes with a bfloat16 scale and zero, 20 per 32, worker/int4.py).
+MODELLED_WEIGHT_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "int4": 20 / 32,
                          "q40": 18 / 32, "q80": 34 / 32}
 # matmul_gflops may also name float64: High-Performance Linpack, the one GEMM-bound figure published for
 # most boards. No layer computes in it, so the cost model never reads it; it is kept as measured.
@@ -111,13 +112,19 @@ DEVICE_FIELDS = {"name", "cores", "memory_gb", "memory_bandwidth_gbps", "matvec_
                  "layer_overhead_ms"}
 
 
-def parse_device(key: str, raw) -> DeviceProfile:
-    where = f"devices.{key}"
+def _entry(raw, where: str, known: set[str]) -> dict:
+    """A catalog entry: a mapping of known fields only (a misspelt field would be silently ignored)."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{where} must be a mapping")
-    unknown = set(raw) - DEVICE_FIELDS
+    unknown = set(raw) - known
     if unknown:
-        raise ProfileError(f"{where} has unknown fields {sorted(unknown)} (known: {', '.join(sorted(DEVICE_FIELDS))})")
+        raise ProfileError(f"{where} has unknown fields {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    return raw
+
+
+def parse_device(key: str, raw) -> DeviceProfile:
+    where = f"devices.{key}"
+    raw = _entry(raw, where, DEVICE_FIELDS)
     for name in ("name", "cores", "memory_gb", "memory_bandwidth_gbps"):
         if name not in raw:
             raise ProfileError(f"{where} lacks {name}")
@@ -141,11 +148,7 @@ NETWORK_FIELDS = {"name", "source", "note", "distribution", "min_ms", "max_ms", 
 
 def parse_network(key: str, raw) -> NetworkProfile:
     where = f"networks.{key}"
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{where} must be a mapping")
-    unknown = set(raw) - NETWORK_FIELDS
-    if unknown:
-        raise ProfileError(f"{where} has unknown fields {sorted(unknown)} (known: {', '.join(sorted(NETWORK_FIELDS))})")
+    raw = _entry(raw, where, NETWORK_FIELDS)
     if not raw.get("name") or not raw.get("source"):
         raise ProfileError(f"{where} needs a name and a source")
     _text(raw["name"], f"{where}.name")

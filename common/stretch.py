@@ -1,16 +1,26 @@
 """How long a worker on this machine waits after a compute to play a slower device (pure, no torch).
 
 A worker that plays a device (DEVICES=rpi5) runs its layers for real here, then sleeps so that the
-compute lasts what it would on the device: factor = this host's decode throughput for the worker's
-dtype and threads / the device's (both GB/s, the host's measured at load by common/host_speed.py).
+compute lasts what it would on the device. The host's decode throughput for the worker's dtype and
+threads is measured at load (common/host_speed.py); factor = it / the device's (both GB/s). A factor
+below 1 (a device faster than this host) is refused on either clock.
 
-The base is CPU time, not wall time, so the stretch stays true when workers share cores: a worker
-that waited for a core while others ran has a long wall time but the same CPU time, and
-busy = cpu / threads is what the compute would have taken with its cores to itself (exact with one
-thread; with several it assumes every thread was busy throughout, which a torch op that splits its
-work evenly nearly is). The device would take busy x factor: the worker sleeps what is left of that
-after the wall time already spent. When the wall time alone exceeds it (this host, shared, was too
-slow to keep up), nothing is slept and the excess is reported as the shortfall, never hidden.
+Two clocks give each compute's target (PLAY_CLOCK, worker/played_device.py):
+- profile (the default): the time the cost model (common/cost_model.py) gives the device for the
+  work the compute did (its layers or its segment between syncs, its tokens, its context). Nothing
+  this host does moves it: not sharing cores, not sharing the memory bus. Two tensor-parallel workers
+  streaming weights at once on this VM each run ~1.3x slower than alone; real Pis do not share a bus,
+  and on the cpu clock that slowdown was stretched too (played 2 x Pi 5 in tensor mode 29 % slower than
+  the same cluster modelled, bench.validate, 2026-11-26).
+- cpu: busy x factor, with busy = CPU time / threads. CPU time, not wall time, so the stretch stays
+  true when workers share cores: a worker that waited for a core while others ran has a long wall
+  time but the same CPU time (exact with one thread; with several it assumes every thread was busy
+  throughout, which a torch op that splits its work evenly nearly is). It keeps the real kernels'
+  own proportions (what this host's attention or norms cost beside its products) but counts memory
+  stalls as work, so a neighbour on the memory bus slows the played device.
+The worker sleeps what is left of the target after the wall time already spent. When the wall time
+alone exceeds it (this host, shared, was too slow to keep up), nothing is slept and the excess is
+reported as the shortfall, never hidden.
 """
 from __future__ import annotations
 
@@ -37,8 +47,14 @@ def stretch(wall_s: float, cpu_s: float, threads: int, factor: float) -> Stretch
         raise ValueError(f"factor must be positive, not {factor}")
     if wall_s < 0 or cpu_s < 0:
         raise ValueError(f"times must not be negative (wall {wall_s}, cpu {cpu_s})")
-    target = cpu_s / threads * factor
-    return Stretch(target_s=target, sleep_s=max(0.0, target - wall_s), shortfall_s=max(0.0, wall_s - target))
+    return toward(wall_s, cpu_s / threads * factor)
+
+
+def toward(wall_s: float, target_s: float) -> Stretch:
+    """A compute that took wall_s and should last target_s on the device: what to sleep, or the shortfall."""
+    if wall_s < 0 or target_s < 0:
+        raise ValueError(f"times must not be negative (wall {wall_s}, target {target_s})")
+    return Stretch(target_s=target_s, sleep_s=max(0.0, target_s - wall_s), shortfall_s=max(0.0, wall_s - target_s))
 
 
 def sleep_plan(sleep_s: float, overslept_s: float) -> tuple[float, float]:

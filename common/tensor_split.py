@@ -45,6 +45,12 @@ class TensorShare:
         q, kv = self.n_q_heads * head_dim, self.n_kv_heads * head_dim
         return hidden_size * (2 * q + 2 * kv + 3 * self.ffn_width) + 2 * hidden_size
 
+    def linear_shapes(self, hidden_size: int, head_dim: int) -> tuple[tuple[int, int], ...]:
+        """(out, in) of this rank's 7 projection slices: q, k, v, o, gate, up, down (int4 pads each one)."""
+        q, kv, ffn = self.n_q_heads * head_dim, self.n_kv_heads * head_dim, self.ffn_width
+        return ((q, hidden_size), (kv, hidden_size), (kv, hidden_size), (hidden_size, q),
+                (ffn, hidden_size), (ffn, hidden_size), (hidden_size, ffn))
+
     def to_dict(self) -> dict:
         return {"rank": self.rank, "world": self.world, "q_heads": list(self.q_heads),
                 "kv_heads": list(self.kv_heads), "ffn": list(self.ffn)}

@@ -28,15 +28,19 @@ class WeightIndex:
     def names(self) -> list[str]:
         return list(self.file_of)
 
-    def load(self, names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def by_file(self, names) -> dict[Path, list[str]]:
+        """names grouped by the file that holds them (each file is opened once); every name checked first."""
         missing = [n for n in names if n not in self.file_of]
         if missing:
             raise KeyError(f"weights missing from {self.model_dir}: {missing[:5]}")
-        by_file: dict[Path, list[str]] = {}
+        grouped: dict[Path, list[str]] = {}
         for name in names:
-            by_file.setdefault(self.file_of[name], []).append(name)
+            grouped.setdefault(self.file_of[name], []).append(name)
+        return grouped
+
+    def load(self, names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         tensors = {}
-        for path, file_names in by_file.items():
+        for path, file_names in self.by_file(names).items():
             with safe_open(path, framework="pt") as f:
                 for name in file_names:
                     # Copy out of the mmap exactly once: .to() already copies when it converts, and an

@@ -180,3 +180,23 @@ def test_prompt_of_gives_the_asked_token_count(tiny_model):
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     for n in (4, 17):
         assert len(tok(prompt_of(tok, n)).input_ids) == n
+
+
+def test_streams_measures_each_count_and_bounds_one_stream_at_one(capsys):
+    """Real processes streaming a small matrix: every count measured, the baseline's bound exactly 1."""
+    import json
+    from bench import streams
+    assert streams.main(["--dtypes", "float32", "--processes", "1,2", "--gib", "0.02", "--repeats", "2",
+                         "--rounds", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = out["dtypes"]["float32"]
+    assert runs["1"]["bound"] == 1.0 and len(runs["2"]["rounds"][0]) == 2
+    assert all(rate > 0 for rate in runs["2"]["rounds"][0])
+    assert runs["2"]["bound"] == pytest.approx(2 * runs["2"]["each_gbps"] / runs["1"]["each_gbps"])
+
+
+def test_streams_refuses_counts_without_the_baseline():
+    from bench import streams
+    with pytest.raises(SystemExit) as exc:
+        streams.main(["--processes", "2,4"])
+    assert exc.value.code == 2

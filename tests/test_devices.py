@@ -1,6 +1,7 @@
 """Playing a slower device (DEVICES): the stretch arithmetic, the device a worker plays and its factor,
 a device faster than this host refused, an unknown name refused, and real local clusters whose
 workers play a Raspberry Pi: stretch in the metrics, tokens still equal to Hugging Face generate."""
+import json
 import os
 import re
 import subprocess
@@ -177,6 +178,62 @@ def test_a_host_clock_never_sleeps():
     assert clock.finish(clock.start()) == (0.0, 0.0) and clock.describe() == {"device": "host"}
 
 
+# --- the profile clock: each compute toward the cost model's time for its work ------------------------------
+
+def _slow_cost(tiny_model, share=None):
+    """The tiny model's layers on a device of 0.01 GB/s: 18.4 ms a layer in float32, long enough to sleep."""
+    from common.cost_model import LayerShape
+    from worker.modelled import SliceCost
+    shape = LayerShape.from_config(json.loads((tiny_model / "config.json").read_text()))
+    return SliceCost(profile("slow", 0.01), "float32", shape, shape.n_layers if share else 2, share)
+
+
+def test_the_profile_clock_sleeps_each_compute_to_its_modelled_time(tiny_model):
+    cost = _slow_cost(tiny_model)
+    played = PlayedDevice("slow", "slow (test)", "float32", 1, host_gbps=10.0, device_gbps=0.01, figure="test")
+    clock = StretchClock(played, threads=1, cost=cost)
+    target_ms = cost.step_s(1, 5) * 1e3
+    assert target_ms == pytest.approx(2 * 64 * (2 * 64 + 2 * 32 + 3 * 176) * 4 / 0.01e9 * 1e3, rel=1e-2)  # + KV
+    started = time.perf_counter()
+    slept, short = clock.finish(clock.start(), tokens=1, start_pos=5)
+    assert short == 0.0 and slept >= 0.9 * target_ms and time.perf_counter() - started >= 0.9 * target_ms / 1e3
+    assert clock.describe()["clock"] == "profile"
+    with pytest.raises(ValueError, match="needs the compute's tokens"):
+        clock.finish(clock.start())
+
+
+def test_the_profile_clock_reports_a_compute_longer_than_its_target_as_shortfall(tiny_model):
+    cost = _slow_cost(tiny_model)
+    played = PlayedDevice("slow", "slow (test)", "float32", 1, host_gbps=10.0, device_gbps=0.01, figure="test")
+    clock = StretchClock(played, threads=1, cost=cost)
+    target_s = cost.step_s(1, 0)
+    started = clock.start()
+    time.sleep(target_s + 0.03)  # a compute that overran by 30 ms (waiting counts: the profile clock is wall time)
+    slept, short = clock.finish(started, tokens=1, start_pos=0)
+    assert slept == 0.0 and short >= 25.0
+
+
+def test_a_tensor_steps_segments_add_up_to_the_step(tiny_model):
+    from common.tensor_split import tensor_shares
+    share = tensor_shares(4, 2, 176, 2)[1]  # the tiny model's heads, KV heads and MLP width over 2 ranks
+    cost = _slow_cost(tiny_model, share)
+    segments = [cost.segment_s(k, 1, 3) for k in range(2 * cost.n_layers + 1)]
+    assert sum(segments) == pytest.approx(cost.step_s(1, 3)) and segments[-1] == 0.0
+    attention, mlp = segments[0], segments[1]
+    q, kv, f = share.n_q_heads * 16, share.n_kv_heads * 16, share.ffn_width
+    assert attention / mlp == pytest.approx(2 * (q + kv) / (3 * f))
+    with pytest.raises(ValueError, match="outside"):
+        cost.segment_s(2 * cost.n_layers + 1, 1, 3)
+
+
+def test_play_clock_is_profile_or_cpu():
+    from common.config import WorkerSettings
+    assert WorkerSettings.from_env({}).play_clock == "profile"
+    assert WorkerSettings.from_env({"PLAY_CLOCK": "CPU"}).play_clock == "cpu"
+    with pytest.raises(ValueError, match="PLAY_CLOCK must be one of profile, cpu, not 'wall'"):
+        WorkerSettings.from_env({"PLAY_CLOCK": "wall"})
+
+
 # --- the worker: a device it cannot play fails its load (a real measurement of this host) ------------------
 
 def _load_body(model, device: str) -> dict:
@@ -273,25 +330,34 @@ def reference(tiny_model):
 
 # rpi4b, one name per worker in tensor mode: a Pi 5 (11.6 GB/s) is within 2x of what this host gives a worker
 # in float32 (19.5 GB/s quiet, below 11.6 on a loaded machine: refused, as it should be, but not a test's subject).
-@pytest.mark.parametrize("parallelism,devices", [("pipeline", "rpi4b"), ("tensor", "rpi4b,rpi4b")])
+# The cpu clock stretches the tiny model's real compute by the factor. On the profile clock its layers
+# (184 KB each) take a Pi 4B tens of microseconds, less than this host's Python spends on them: every
+# compute overruns its target, which is reported as shortfall, never slept away or hidden.
+@pytest.mark.parametrize("parallelism,devices,clock", [("pipeline", "rpi4b", "cpu"), ("tensor", "rpi4b,rpi4b", "cpu"),
+                                                       ("tensor", "rpi4b", "profile")])
 def test_workers_playing_a_pi_stretch_their_compute_and_keep_the_tokens(tiny_model, logs_dir, reference,
-                                                                        parallelism, devices):
+                                                                        parallelism, devices, clock):
     with start_cluster(tiny_model, logs_dir, workers=2, parallelism=parallelism, devices=devices,
-                       network="gigabit-ethernet") as cluster:
+                       network="gigabit-ethernet", extra_env={"PLAY_CLOCK": clock}) as cluster:
         r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": N_TOKENS,
                                                                "stream": False}, timeout=120)
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["token_ids"] == reference
         m = out["metrics"]
-        assert m["stretch_ms"] > 0 and m["stretch_ms"] == pytest.approx(sum(s["stretch_ms"] for s in m["stages"]))
-        for s in m["stages"]:
-            assert s["compute_ms"] > s["stretch_ms"] > 0 and s["shortfall_ms"] >= 0
+        if clock == "cpu":
+            assert m["stretch_ms"] > 0 and m["stretch_ms"] == pytest.approx(sum(s["stretch_ms"] for s in m["stages"]))
+            for s in m["stages"]:
+                assert s["compute_ms"] > s["stretch_ms"] > 0 and s["shortfall_ms"] >= 0
+        else:
+            assert m["shortfall_ms"] > 0
+            for s in m["stages"]:
+                assert s["shortfall_ms"] > 0 and s["compute_ms"] >= s["shortfall_ms"] + s["stretch_ms"]
         names = devices.split(",") * (2 // len(devices.split(",")))
         workers = requests.get(cluster.url + "/api/cluster").json()["workers"]
         for name, w in zip(names, workers):
             plays = w["plays"]
-            assert plays["device"] == name and plays["factor"] >= 1
+            assert plays["device"] == name and plays["factor"] >= 1 and plays["clock"] == clock
             assert plays["factor"] == pytest.approx(plays["host_gbps"] / plays["device_gbps"], rel=1e-2)
         for i, name in enumerate(names):
             assert cluster.worker_info(i)["plays"]["device"] == name

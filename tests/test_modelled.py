@@ -86,7 +86,7 @@ def test_q40_and_q80_need_modelled_compute():
     with pytest.raises(ValueError, match="DTYPE=q40 is a weight format this project only models.*set COMPUTE=modelled"):
         RootSettings.from_env({"DTYPE": "q40"})
     with pytest.raises(ValueError, match="q40, q80 with COMPUTE=modelled"):
-        RootSettings.from_env({"DTYPE": "int4", "COMPUTE": "modelled"})
+        RootSettings.from_env({"DTYPE": "int3", "COMPUTE": "modelled"})
     assert RootSettings.from_env({"DTYPE": "q80", "COMPUTE": "modelled"}).dtype == "q80"
     with pytest.raises(ValueError, match="set COMPUTE=modelled"):  # what every real slice and head goes through
         torch_dtype("q40")
@@ -174,7 +174,7 @@ def test_tensor_slices_sync_twice_per_layer_with_partials_of_the_real_shape(tiny
     slices = [ModelledTensorSlice(tiny_model, s, "float32", fast) for s in shares]
     assert all(s.weight_bytes == 0 and s.loaded == {} for s in slices)
     # attention 64 x 2 x (2 + 1) x 16 = 6 144 weights against the MLP's 64 x 3 x 88 = 16 896
-    assert slices[0].attention_share == pytest.approx(6144 / (6144 + 16896))
+    assert slices[0].cost.attention_share == pytest.approx(6144 / (6144 + 16896))
     x = torch.randn(1, 5, 64)
     caches = [Cache() for _ in slices]
     partials = list(_partials(slices[0], x))

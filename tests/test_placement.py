@@ -189,6 +189,9 @@ class TestEstimate:
         int8 = plan("memory", shape, workers, "int8", 4096, 8).workers[0]
         assert bf16.weight_bytes * 2 == w.weight_bytes and bf16.kv_bytes * 2 == w.kv_bytes
         assert int8.kv_bytes == w.kv_bytes and w.weight_bytes / int8.weight_bytes == pytest.approx(1.99, abs=0.01)
+        # int4: 20 bytes per 32 projection weights (codes + a bfloat16 scale and zero), float32 norms and cache
+        int4 = plan("memory", shape, workers, "int4", 4096, 8).workers[0]
+        assert int4.kv_bytes == w.kv_bytes and w.weight_bytes / int4.weight_bytes == pytest.approx(6.4, abs=0.01)
 
     def test_a_slice_that_does_not_fit_names_the_worker_and_the_shortfall(self):
         p = plan("even", shape_of("llama-3.2-1b"), devs(16, 16, 1), "float32", 4096, 8)
@@ -236,7 +239,7 @@ def test_settings():
     for bad, message in [({"PLACEMENT": "best"}, "PLACEMENT must be one of"),
                          ({"PLACEMENT": "manual"}, "needs LAYER_SPLIT"),
                          ({"PLACEMENT": "memory", "LAYER_SPLIT": "2,2"}, "unset one of them"),
-                         ({"DTYPE": "int4"}, "DTYPE must be one of")]:
+                         ({"DTYPE": "int3"}, "DTYPE must be one of")]:
         with pytest.raises(ValueError, match=message):
             RootSettings.from_env(bad)
 
@@ -292,7 +295,7 @@ def test_fit_idles_workers_the_chain_skips_them_and_preview(tiny_model, logs_dir
         huge = client.get("/api/placement", query_string={"mode": "fit", "context": 10**9})
         assert huge.status_code == 409 and "fits on no set of workers" in huge.json["error"]["message"]
         for params, message in [({"mode": "best"}, "mode must be one of"), ({"split": "x"}, "whole numbers"),
-                                ({"dtype": "int4"}, "dtype must be one of"), ({"context": "0"}, "at least 1"),
+                                ({"dtype": "int3"}, "dtype must be one of"), ({"context": "0"}, "at least 1"),
                                 ({"mode": "fit", "order": "worker-7"}, "names 'worker-7'")]:
             r = client.get("/api/placement", query_string=params)
             assert r.status_code in (400, 409) and message in r.json["error"]["message"], (params, r.json)
@@ -386,7 +389,7 @@ def _worker_process(model: Path, logs_dir: Path, name: str):
     raise TimeoutError("the worker did not start")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
 def test_estimate_matches_the_rss_of_a_real_worker(tinyllama_layers, logs_dir, dtype):
     shape = ModelShape.from_config(json.loads((tinyllama_layers / "config.json").read_text()))
     proc, url = _worker_process(tinyllama_layers, logs_dir, f"rss-{dtype}")

@@ -21,7 +21,7 @@ def test_a_count_that_cannot_split_the_heads_is_refused_with_the_valid_counts():
         shares_for(TINY, 3, "float32")
     with pytest.raises(TensorRefused, match="over 8 workers"):
         shares_for(TINY, 8, "float32")
-    with pytest.raises(TensorRefused, match="float32 or bfloat16, not DTYPE=int8"):
+    with pytest.raises(TensorRefused, match="float32 or bfloat16 or int4, not DTYPE=int8"):
         shares_for(TINY, 2, "int8")
     assert [s.kv_heads for s in shares_for(TINY, 4, "bfloat16")] == [(0, 1), (0, 1), (1, 2), (1, 2)]
 

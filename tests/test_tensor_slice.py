@@ -326,7 +326,7 @@ def test_bad_shares_and_dtypes_are_refused(tiny_model):
         TensorSlice(tiny_model, TensorShare(1, 2, (2, 4), (0, 1), (88, 176)), "float32")
     with pytest.raises(ValueError, match=r"rank 2 is outside 0\.\.1"):
         TensorSlice(tiny_model, TensorShare(2, 2, (2, 4), (1, 2), (88, 176)), "float32")
-    with pytest.raises(ValueError, match="float32 or bfloat16, not 'int8'"):
+    with pytest.raises(ValueError, match="float32 or bfloat16 or int4, not 'int8'"):
         TensorSlice(tiny_model, shares_of(tiny_model, 2)[0], "int8")
 
 

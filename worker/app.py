@@ -34,7 +34,7 @@ from common.selfstats import container_stats
 from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
-from .modelled import TENSOR_SLICES, ModelledSlice, ModelledTensorSlice, modelled_slice
+from .modelled import TENSOR_SLICES, ModelledSlice, ModelledTensorSlice, SliceCost, modelled_slice
 from .played_device import StretchClock, play
 from .quantize import quantized_engine
 from .shard import DecoderSlice
@@ -222,10 +222,15 @@ def device_clock(state: WorkerState, assignment: LoadAssignment) -> StretchClock
     played = None
     if assignment.compute == "real":
         played = play(assignment.device, assignment.dtype, state.settings.threads, state.profiles)
-    if played is not None:
-        log.info("%s plays %s: this host %.2f GB/s, the device %.2f GB/s (%s), stretch factor %.2f",
-                 assignment.name, played.key, played.host_gbps, played.device_gbps, played.figure, played.factor)
-    return StretchClock(played, state.settings.threads)
+    if played is None:
+        return StretchClock(None, state.settings.threads)
+    cost = None
+    if state.settings.play_clock == "profile":
+        cost = SliceCost.of(assignment.model_path, assignment, state.profiles(assignment.device))
+    log.info("%s plays %s on the %s clock: this host %.2f GB/s, the device %.2f GB/s (%s), factor %.2f",
+             assignment.name, played.key, state.settings.play_clock, played.host_gbps, played.device_gbps,
+             played.figure, played.factor)
+    return StretchClock(played, state.settings.threads, cost)
 
 
 class StepFailed(Exception):
@@ -264,7 +269,8 @@ def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHea
             raise StepFailed(StepError(429, str(exc), worker=a.name)) from None
         except (KeyError, ValueError) as exc:
             raise StepFailed(StepError(409, str(exc).strip("'\""), worker=a.name)) from None
-        stretch_ms, shortfall_ms = state.clock.finish(timing)  # the played device is busy while it sleeps
+        # the played device is busy while it sleeps
+        stretch_ms, shortfall_ms = state.clock.finish(timing, hidden.shape[1], header.start_pos)
         compute_ms = (time.perf_counter() - started) * 1e3
     record = StageRecord(name=a.name, layers=(a.shard.start, a.shard.end), recv_ns=recv_ns, sent_ns=time.time_ns(),
                          delay_ms=delay_ms, compute_ms=compute_ms, bytes_in=len(data), stretch_ms=stretch_ms,

@@ -23,6 +23,7 @@ import json
 import time
 import weakref
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,6 +84,50 @@ def _shape(model_dir: str | Path) -> tuple[object, LayerShape]:
     return config, LayerShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
+@dataclass(frozen=True)
+class SliceCost:
+    """What a worker's layers cost on the device it plays (common/cost_model.py): a step of its layers,
+    or, in tensor mode (share set), of its share of every layer, and each compute between two of the
+    step's synchronisations. Modelled compute sleeps these; real compute playing a device on the
+    profile clock (worker/played_device.py) is stretched to them."""
+    device: DeviceProfile
+    dtype: str
+    shape: LayerShape
+    n_layers: int                     # the layers a step runs (every layer in tensor mode)
+    share: TensorShare | None = None  # tensor mode: this rank's heads and MLP columns
+
+    @classmethod
+    def of(cls, model_dir: str | Path, assignment: LoadAssignment, profile: DeviceProfile) -> "SliceCost":
+        shape = _shape(model_dir)[1]
+        n = shape.n_layers if assignment.share is not None else assignment.shard.n_layers
+        return cls(profile, assignment.dtype, shape, n, assignment.share)
+
+    def step_s(self, tokens: int, start_pos: int) -> float:
+        """A step of `tokens` new tokens after start_pos cached ones."""
+        s = self.share
+        return layers_cost(self.device, self.dtype, self.shape, self.n_layers, tokens, start_pos,
+                           q_heads=s.n_q_heads if s else None, kv_heads=s.n_kv_heads if s else None,
+                           ffn=s.ffn_width if s else None).total_ms / 1e3
+
+    @property
+    def attention_share(self) -> float:
+        """A layer's time is split between attention and MLP as their weights are: decode reads each once."""
+        shape, s = self.shape, self.share
+        q, kv, f = (s.n_q_heads, s.n_kv_heads, s.ffn_width) if s else (shape.heads, shape.kv_heads, shape.intermediate)
+        attention = shape.hidden * 2 * (q + kv) * shape.head_dim
+        return attention / (attention + shape.hidden * 3 * f)
+
+    def segment_s(self, segment: int, tokens: int, start_pos: int) -> float:
+        """Tensor mode: the compute before synchronisation `segment` (2 per layer: even, a layer's attention;
+        odd, its MLP); segment 2 x layers, after the last, is the residual add alone: no modelled time."""
+        if not 0 <= segment <= 2 * self.n_layers:
+            raise ValueError(f"segment {segment} is outside 0..{2 * self.n_layers}")
+        if segment == 2 * self.n_layers:
+            return 0.0
+        layer_s = self.step_s(tokens, start_pos) / self.n_layers
+        return layer_s * (self.attention_share if segment % 2 == 0 else 1 - self.attention_share)
+
+
 class ModelledSlice:
     """Layers [start, end) that are not run: each step takes their modelled time on the device."""
 
@@ -99,10 +144,11 @@ class ModelledSlice:
         self.gemv_linears = 0
         self.positions = Positions()
         self.clock = ModelledClock()
+        self.cost = SliceCost(profile, dtype_name, self.shape, shard.n_layers)
 
     def step_ms(self, tokens: int, start_pos: int) -> float:
         """The modelled time of a step of `tokens` new tokens after start_pos cached ones."""
-        return layers_cost(self.device, self.dtype_name, self.shape, self.shard.n_layers, tokens, start_pos).total_ms
+        return self.cost.step_s(tokens, start_pos) * 1e3
 
     def forward(self, hidden: torch.Tensor, cache, start_pos: int) -> torch.Tensor:
         """hidden: (1, T, hidden) for positions [start_pos, start_pos + T) -> the same, unchanged, after the
@@ -129,16 +175,11 @@ class ModelledTensorSlice:
         self.gemv_linears = 0
         self.positions = Positions()
         self.clock = ModelledClock()
-        # A layer's time is split between attention and MLP as their weights are: decode reads each once.
-        hidden = self.shape.hidden
-        attention = hidden * 2 * (share.n_q_heads + share.n_kv_heads) * self.head_dim
-        self.attention_share = attention / (attention + hidden * 3 * share.ffn_width)
+        self.cost = SliceCost(profile, dtype_name, self.shape, self.n_layers, share)
 
     def step_ms(self, tokens: int, start_pos: int) -> float:
         """The modelled time of this share of every layer for one step."""
-        return layers_cost(self.device, self.dtype_name, self.shape, self.n_layers, tokens, start_pos,
-                           q_heads=self.share.n_q_heads, kv_heads=self.share.n_kv_heads,
-                           ffn=self.share.ffn_width).total_ms
+        return self.cost.step_s(tokens, start_pos) * 1e3
 
     def forward_steps(self, x: torch.Tensor, cache,
                       start_pos: int) -> Generator[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,12 +190,11 @@ class ModelledTensorSlice:
             raise ValueError(f"{tokens} tokens at position {start_pos}: only a prefill (from 0) may hold "
                              "several tokens; later steps send one token each")
         self.positions.advance(cache, start_pos, tokens)
-        layer_s = self.step_ms(tokens, start_pos) / 1e3 / self.n_layers
         partial = torch.zeros(1, tokens, self.hidden_size, dtype=self.dtype)
-        for _ in range(self.n_layers):
-            self.clock.spend(layer_s * self.attention_share, since)
+        for layer in range(self.n_layers):
+            self.clock.spend(self.cost.segment_s(2 * layer, tokens, start_pos), since)
             yield partial
-            self.clock.spend(layer_s * (1 - self.attention_share), time.perf_counter())
+            self.clock.spend(self.cost.segment_s(2 * layer + 1, tokens, start_pos), time.perf_counter())
             yield partial
             since = time.perf_counter()
         return x.to(self.dtype)

@@ -5,7 +5,9 @@ loaded, this machine's decode throughput for its dtype with its own threads (com
 once per (dtype, threads) per process) and takes factor = host GB/s / device GB/s. A device faster
 than what this host gives the worker (factor < 1) cannot be played by sleeping: the load fails with
 both figures, and the root's start-up with it. Each compute is then timed (wall and CPU) and
-followed by its stretch (common/stretch.py).
+followed by its stretch (common/stretch.py) toward its target on the worker's clock (PLAY_CLOCK):
+`profile`, the cost model's time for the device (worker/modelled.SliceCost, the same figures
+COMPUTE=modelled sleeps), or `cpu`, its CPU time x factor.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from typing import Callable
 
 from common.profiles import HOST, DeviceProfile
 from common.profiles import device as catalog_device
-from common.stretch import sleep_plan, stretch
+from common.stretch import sleep_plan, stretch, toward
+
+from .modelled import SliceCost
 
 
 class DeviceRefused(ValueError):
@@ -117,12 +121,14 @@ def play(device: str, dtype: str, threads: int, lookup: Callable[[str], DevicePr
 class StretchClock:
     """Times each compute of a worker and, when it plays a device, sleeps the compute's stretch.
 
-    CPU time as cpu_clock() reads it. Computes of one worker do not overlap (its compute lock), so
-    the oversleep carried from one to the next (common/stretch.sleep_plan) is the worker's own.
+    cost set: the profile clock, each compute toward its modelled time on the device; None: the cpu
+    clock, CPU time (as cpu_clock() reads it) x factor. Computes of one worker do not overlap (its
+    compute lock), so the oversleep carried from one to the next (common/stretch.sleep_plan) is the
+    worker's own.
     """
 
-    def __init__(self, played: PlayedDevice | None, threads: int):
-        self.played, self.threads = played, threads
+    def __init__(self, played: PlayedDevice | None, threads: int, cost: SliceCost | None = None):
+        self.played, self.threads, self.cost = played, threads, cost
         self.cpu_clock = cpu_clock(threads)
         self.overslept_s = 0.0
         self.slept_ms = self.shortfall_ms = 0.0  # since load, for /v1/info
@@ -130,20 +136,35 @@ class StretchClock:
     def start(self) -> tuple[float, float]:
         return time.perf_counter(), self.cpu_clock()
 
-    def finish(self, started: tuple[float, float]) -> tuple[float, float]:
-        """After a compute that began at start(): sleeps its stretch; (ms slept, ms of shortfall)."""
+    @property
+    def kind(self) -> str:
+        return "profile" if self.cost is not None else "cpu"
+
+    def finish(self, started: tuple[float, float], tokens: int | None = None, start_pos: int | None = None,
+               segment: int | None = None) -> tuple[float, float]:
+        """After a compute that began at start(): sleeps its stretch; (ms slept, ms of shortfall). The profile
+        clock needs the work done: `tokens` after `start_pos` cached ones, and in tensor mode which
+        `segment` of the step (SliceCost.segment_s); the cpu clock ignores them."""
         if self.played is None:
             return 0.0, 0.0
         wall0, cpu0 = started
         now = time.perf_counter()
-        s = stretch(now - wall0, max(0.0, self.cpu_clock() - cpu0), self.threads, self.played.factor)
+        if self.cost is not None:
+            if tokens is None or start_pos is None:
+                raise ValueError("the profile clock needs the compute's tokens and start position")
+            target = (self.cost.step_s(tokens, start_pos) if segment is None
+                      else self.cost.segment_s(segment, tokens, start_pos))
+            s = toward(now - wall0, target)
+        else:
+            s = stretch(now - wall0, max(0.0, self.cpu_clock() - cpu0), self.threads, self.played.factor)
         ask, self.overslept_s = sleep_plan(s.sleep_s, self.overslept_s)
+        slept = 0.0
         if ask > 0:
             # A plain sleep, not sleep_exactly's spin: workers that share cores would spin on each
             # other's time. Its late wake is carried to the next stretch instead.
             time.sleep(ask)
-        slept = time.perf_counter() - now
-        self.overslept_s += max(0.0, slept - ask)
+            slept = time.perf_counter() - now
+            self.overslept_s += max(0.0, slept - ask)
         slept_ms, shortfall_ms = slept * 1e3, s.shortfall_s * 1e3
         self.slept_ms += slept_ms
         self.shortfall_ms += shortfall_ms
@@ -152,5 +173,5 @@ class StretchClock:
     def describe(self) -> dict:
         if self.played is None:
             return {"device": HOST}
-        return {**self.played.describe(), "stretch_ms": round(self.slept_ms, 3),
+        return {**self.played.describe(), "clock": self.kind, "stretch_ms": round(self.slept_ms, 3),
                 "shortfall_ms": round(self.shortfall_ms, 3)}

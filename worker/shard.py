@@ -2,8 +2,9 @@
 layer by layer.
 
 dtype float32 | bfloat16 | float16: weights and compute in that dtype.
-dtype int8: each layer is loaded in float32 and its projections quantized to int8 at once (so the
-float32 copy of only one layer exists at a time); compute, activations and KV cache stay float32.
+dtype int8 | int4: each layer is loaded in float32 and its projections quantized at once (so the
+float32 copy of only one layer exists at a time): int8 by worker/quantize.py, int4 (q40-style groups of
+32) by worker/int4.py; compute, activations and KV cache stay float32.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from common.gemv import use_gemv
 from common.model_info import load_config, model_family
 from common.model_family import import_all
 from common.placement import Shard
-from common.dtypes import QUANTIZED, torch_dtype
+from common.dtypes import torch_dtype
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names
 
+from .int4 import held_bytes, quantize_int4
 from .quantize import quantize_int8, quantized_weight_bytes
 
 
@@ -63,16 +65,20 @@ class DecoderSlice:
             state = {k[len(prefix):]: v for k, v in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)
             del tensors, state
-            if dtype_name in QUANTIZED:
+            if dtype_name == "int8":
                 quantize_int8(layer)  # the float32 matrices of this layer are freed here
+            elif dtype_name == "int4":
+                quantize_int4(layer)  # likewise
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.rotary = rotary_embedding(self.config)
         self.hidden_size = self.config.hidden_size
         self.dtype = dtype
-        if dtype_name in QUANTIZED:
+        if dtype_name == "int8":
             self.weight_bytes = quantized_weight_bytes(self.layers)
+        elif dtype_name == "int4":
+            self.weight_bytes = held_bytes(self.layers)
         else:
             self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
         release_freed_memory()

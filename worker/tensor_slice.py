@@ -17,6 +17,9 @@ Per layer (two synchronisations, as distributed-llama and Megatron do):
     out = h + allreduce(mlp_partial(h))         # each rank: post_attention_layernorm(h) -> its ffn range
 The norms are small and computed in full on every rank, so x and h are identical everywhere; Qwen3's
 q_norm / k_norm normalise each head over head_dim on its own, so every rank holds them whole too.
+
+dtype int4: each layer's slices are read in float32 and its projections quantized at once (worker/int4.py,
+groups of 32 along each slice's own inputs), so the float32 copy of only one layer exists at a time.
 """
 from __future__ import annotations
 
@@ -35,9 +38,13 @@ from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
 from common.weights import WeightIndex, layer_prefix
 
-SUPPORTED_DTYPES = ("float32", "bfloat16")  # int8 is pipeline-only for now
+from .int4 import held_bytes, quantize_int4
+from .shard import release_freed_memory
+
+SUPPORTED_DTYPES = ("float32", "bfloat16", "int4")  # int8 is pipeline-only for now
 
 Allreduce = Callable[[torch.Tensor], torch.Tensor]  # this rank's partial (1, T, hidden) -> the sum over ranks
+Part = tuple[int, int, int] | None  # the part of a tensor a rank reads: (dim, start, end) half-open; None: whole
 
 
 def share_slices(share: TensorShare, head_dim: int,
@@ -105,42 +112,50 @@ class TensorSlice:
         self.hidden_size, self.head_dim = config.hidden_size, _head_dim(config)
         self.n_layers = config.num_hidden_layers
         self.loaded: dict[str, tuple[int, ...]] = {}  # tensor name -> shape of the part this rank read
-        tensors = self._load_slices(WeightIndex(model_dir))
+        index, wanted = WeightIndex(model_dir), self._wanted()
+        missing = [n for n in wanted if n not in index.file_of]  # all checked before anything is read
+        if missing:
+            raise KeyError(f"weights missing from {index.model_dir}: {missing[:5]}")
         layer_config = local_config(config, share)
         self.layers = torch.nn.ModuleList()
-        for index in range(self.n_layers):
+        for layer_index in range(self.n_layers):
+            prefix = layer_prefix(layer_index)
+            tensors = self._load_slices(index, {n: part for n, part in wanted.items() if n.startswith(prefix)})
             # layer_idx = the model's layer index: each rank holds every layer, so it is also the KV cache slot.
             with torch.device("meta"):
-                layer = decoder_layer(layer_config, layer_idx=index)
-            prefix = layer_prefix(index)
-            state = {name[len(prefix):]: tensors.pop(name) for name in [n for n in tensors if n.startswith(prefix)]}
+                layer = decoder_layer(layer_config, layer_idx=layer_index)
+            state = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)  # strict: every tensor present, none extra
+            del tensors, state
+            if dtype_name == "int4":
+                quantize_int4(layer)  # this layer's float32 slices are freed here
             self.layers.append(layer.eval())
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.rotary = rotary_embedding(config)
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
-        # No release_freed_memory() (DecoderSlice's gc + malloc_trim, ~0.35 s): each slice is copied out
-        # of the mmap straight into its final dtype, so no temporary copy was freed.
+        if dtype_name == "int4":
+            self.weight_bytes = held_bytes(self.layers)
+            release_freed_memory()  # the float32 slices before quantization
+        else:
+            self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
+        # No release_freed_memory() for float32 / bfloat16 (DecoderSlice's gc + malloc_trim, ~0.35 s): each
+        # slice is copied out of the mmap straight into its final dtype, so no temporary copy was freed.
 
-    def _load_slices(self, index: WeightIndex) -> dict[str, torch.Tensor]:
-        """Every layer's part for this rank, read with get_slice and copied out of the mmap once.
+    def _wanted(self) -> dict[str, Part]:
+        """Every layer tensor this rank reads -> its part (share_slices)."""
+        plan = share_slices(self.share, self.head_dim, self.family.head_norms)
+        return {f"{layer_prefix(i)}{suffix}": part for i in range(self.n_layers) for suffix, part in plan.items()}
+
+    def _load_slices(self, index: WeightIndex, wanted: dict[str, Part]) -> dict[str, torch.Tensor]:
+        """The `wanted` parts (one layer's) for this rank, read with get_slice and copied out of the mmap once.
 
         safetensors' get_slice gives a view over the mmapped file; only the copy below materialises
         the slice. A row slice touches exactly its bytes; a column slice (o_proj, down_proj) touches a
         stretch of every row, so the page cache may read the whole matrix from disk (a 4 KB page holds
         a TinyLlama o_proj row), but this process keeps only its columns.
         """
-        plan = share_slices(self.share, self.head_dim, self.family.head_norms)
-        wanted = {f"{layer_prefix(i)}{suffix}": part for i in range(self.n_layers) for suffix, part in plan.items()}
-        missing = [n for n in wanted if n not in index.file_of]
-        if missing:
-            raise KeyError(f"weights missing from {index.model_dir}: {missing[:5]}")
         full_shapes = self._full_shapes()
-        by_file: dict[Path, list[str]] = {}
-        for name in wanted:
-            by_file.setdefault(index.file_of[name], []).append(name)
         tensors = {}
-        for path, names in by_file.items():
+        for path, names in index.by_file(wanted).items():
             with safe_open(path, framework="pt") as f:
                 for name in names:
                     view = f.get_slice(name)

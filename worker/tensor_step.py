@@ -106,6 +106,7 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
             cache = state.caches.get_or_create(step.request_id, step.start_pos)
         run = sl.forward_steps(hidden, cache, step.start_pos)
         message = None  # the first call starts the coroutine; then each sum is sent in
+        segment = 0     # which compute of the step: the one before sync `segment`, or the tail after the last
         while True:
             # The device computes one thing at a time; it is free while this step waits on a sync.
             # A played device stretches each segment between syncs, not the step at its end: its
@@ -118,7 +119,8 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
                     partial = next(run) if message is None else run.send(message)
                 except StopIteration as done:
                     out, finished = done.value, True
-                slept, short = state.clock.finish(timing)
+                slept, short = state.clock.finish(timing, hidden.shape[1], step.start_pos, segment)
+                segment += 1
                 stretch_ms, shortfall_ms = stretch_ms + slept, shortfall_ms + short
                 compute_ms += (time.perf_counter() - started) * 1e3
             if finished:
