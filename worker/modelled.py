@@ -19,6 +19,7 @@ last, as the real slices' cache lengths do.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import weakref
@@ -109,7 +110,7 @@ class SliceCost:
                            q_heads=s.n_q_heads if s else None, kv_heads=s.n_kv_heads if s else None,
                            ffn=s.ffn_width if s else None).total_ms / 1e3
 
-    @property
+    @functools.cached_property
     def attention_share(self) -> float:
         """A layer's time is split between attention and MLP as their weights are: decode reads each once."""
         shape, s = self.shape, self.share
@@ -124,8 +125,12 @@ class SliceCost:
             raise ValueError(f"segment {segment} is outside 0..{2 * self.n_layers}")
         if segment == 2 * self.n_layers:
             return 0.0
+        return self.layer_parts_s(tokens, start_pos)[segment % 2]
+
+    def layer_parts_s(self, tokens: int, start_pos: int) -> tuple[float, float]:
+        """One layer's (attention, MLP) time for a step: the same for every layer of it."""
         layer_s = self.step_s(tokens, start_pos) / self.n_layers
-        return layer_s * (self.attention_share if segment % 2 == 0 else 1 - self.attention_share)
+        return layer_s * self.attention_share, layer_s * (1 - self.attention_share)
 
 
 class ModelledSlice:
@@ -191,10 +196,11 @@ class ModelledTensorSlice:
                              "several tokens; later steps send one token each")
         self.positions.advance(cache, start_pos, tokens)
         partial = torch.zeros(1, tokens, self.hidden_size, dtype=self.dtype)
-        for layer in range(self.n_layers):
-            self.clock.spend(self.cost.segment_s(2 * layer, tokens, start_pos), since)
+        attention_s, mlp_s = self.cost.layer_parts_s(tokens, start_pos)  # once per step, not per sync
+        for _ in range(self.n_layers):
+            self.clock.spend(attention_s, since)
             yield partial
-            self.clock.spend(self.cost.segment_s(2 * layer + 1, tokens, start_pos), time.perf_counter())
+            self.clock.spend(mlp_s, time.perf_counter())
             yield partial
             since = time.perf_counter()
         return x.to(self.dtype)
