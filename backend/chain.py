@@ -54,11 +54,14 @@ class _Arrival:
 
 class Chain:
     def __init__(self, workers: list[WorkerSpec], transport: Transport, control: ControlClient, return_address: str,
-                 max_frame_bytes: int, hop_timeout_s: float):
+                 max_frame_bytes: int, hop_timeout_s: float, sync_dtype: str = "float32"):
+        """sync_dtype: float32, hidden states travel in the compute dtype | q80, as 8-bit blocks (common/q80.py);
+        the workers send theirs on and home as their LoadAssignment says, the same."""
         if not workers:
             raise ValueError("a chain needs at least one worker")
         self.transport, self.control, self.return_address = transport, control, return_address
         self.max_frame_bytes, self.hop_timeout_s = max_frame_bytes, hop_timeout_s
+        self.as_q80 = sync_dtype == "q80"
         self.follow(workers)
         self._steps = itertools.count()
         self._waiting: dict[tuple[str, int], _Arrival | None] = {}
@@ -73,7 +76,8 @@ class Chain:
                 delays_ms: list[float]) -> tuple[torch.Tensor, StepTimings]:
         """One pass root -> worker 1 -> ... -> worker N -> root; returns (hidden, step timings)."""
         key = (request_id, next(self._steps))
-        body = encode_frame(StepHeader(request_id, key[1], start_pos, tuple(delays_ms)).to_dict(), hidden)
+        body = encode_frame(StepHeader(request_id, key[1], start_pos, tuple(delays_ms)).to_dict(), hidden,
+                            self.as_q80)
         # Inner workers time out on their own next hop first and say which one failed.
         timeout = self.hop_timeout_s * (len(self.workers) + 1) + sum(delays_ms) / 1e3
         with self._lock:

@@ -30,15 +30,16 @@ class Cluster:
                  return_address: str, control: ControlClient, check_interval_s: float = 1.0,
                  rediscover: Callable[[], list[tuple[str, str]]] | None = None,
                  shares: list[TensorShare] | None = None, devices: list[str] | None = None,
-                 compute: str = "real"):
+                 compute: str = "real", sync_dtype: str = "float32"):
         """rediscover(): the workers' current (name, url), for a swarm whose tasks move between hosts.
         shares: tensor mode, each worker's part of every layer (its partials go to the root).
         devices: the device profile each worker plays, in discovery order (None: each its host share).
-        compute: real | modelled (the workers take their layers' modelled time instead of running them)."""
+        compute: real | modelled (the workers take their layers' modelled time instead of running them).
+        sync_dtype: how the workers send hidden states (SYNC_DTYPE: float32 | q80)."""
         self.placement, self.model_path, self.dtype, self.return_address = placement, model_path, dtype, return_address
         self.order = [name for name, _ in workers]  # discovery order, idle workers included
         self.device_of = dict(zip(self.order, devices or ["host"] * len(workers)))
-        self.compute = compute
+        self.compute, self.sync_dtype = compute, sync_dtype
         self.tensor_shares = shares
         self._place(workers)
         self.control, self.check_interval_s, self.rediscover = control, check_interval_s, rediscover
@@ -61,13 +62,15 @@ class Cluster:
         if shares:  # tensor mode: every worker sends its partials to the root
             self.assignments = {w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
                                                        self.return_address, share=shares[i],
-                                                       device=self.device_of[w.name], compute=self.compute)
+                                                       device=self.device_of[w.name], compute=self.compute,
+                                                       sync_dtype=self.sync_dtype)
                                 for i, w in enumerate(self.specs)}
         else:
             self.assignments = {
                 w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
                                        self.specs[i + 1].address if i + 1 < len(self.specs) else self.return_address,
-                                       device=self.device_of[w.name], compute=self.compute)
+                                       device=self.device_of[w.name], compute=self.compute,
+                                       sync_dtype=self.sync_dtype)
                 for i, w in enumerate(self.specs)}
 
     def follow(self) -> None:

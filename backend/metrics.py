@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 
+from common import q80
 from common.latency import RequestDelays
 from common.protocol import StageRecord
 
@@ -55,6 +56,18 @@ def reply_metrics(t0: float, token_times: list[float], prompt_tokens: int, injec
         "decode_tok_s": (n - 1) / (decode_ms / 1e3) if decode_ms else None,
         "injected_latency_ms": injected_ms,
     }
+
+
+class Q80Delays(RequestDelays):
+    """The ring's delays with SYNC_DTYPE=q80: a link's bandwidth term is drawn on the bytes its q80 frame
+    carries; the engine measures the hidden states in the compute dtype (itemsize bytes a value)."""
+
+    def __init__(self, links, seed: int, request_number: int, itemsize: int):
+        super().__init__(links, seed, request_number)
+        self.itemsize = itemsize
+
+    def draw_step(self, nbytes: int) -> list[float]:
+        return super().draw_step(q80.nbytes([nbytes // self.itemsize]))
 
 
 class StageTotals:

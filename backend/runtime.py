@@ -24,6 +24,7 @@ from common.latency import LinkModel, RequestDelays, links_for
 from common.model_info import synthetic_marker
 from common.placement import Device, ModelShape, Placement, PlacementError
 from common.profiles import ProfileError, devices_for
+from common.q80 import check_hidden as check_q80_hidden
 from common.transport import TcpTransport, data_port, reachable_host, split_address
 
 from .chain import Chain
@@ -32,7 +33,7 @@ from .control import ControlClient, ControlError
 from .discovery import WorkersMissing, docker_workers, fixed_workers, in_swarm, swarm_workers
 from .generation import Engine
 from .head import HeadModel, ModelledHead
-from .metrics import ReplyMetrics
+from .metrics import Q80Delays, ReplyMetrics
 from .modelled import ModelledRefused, modelled_head, played_memory, profiles_of
 from .model_source import resolve_model
 from .planner import PlacementView, Planner
@@ -88,12 +89,16 @@ class Runtime:
         """A new reply's accumulator, its delays drawn from the next request's seeded generator."""
         number, specs = next(self.requests_started), self.cluster.specs
         names = [w.name for w in specs]
+        itemsize = 2 if compute_dtype_name(self.settings.dtype) in ("bfloat16", "float16") else 4
         if self.settings.parallelism == "tensor":
             cfg = self.head.config
-            itemsize = 2 if compute_dtype_name(self.settings.dtype) == "bfloat16" else 4
             return tensor_reply_metrics(t0, prompt_tokens, self.links, self.settings.latency_seed, number, names,
-                                        cfg.num_hidden_layers, cfg.hidden_size, itemsize, self.settings.compute)
-        delays = RequestDelays(self.links, self.settings.latency_seed, number)
+                                        cfg.num_hidden_layers, cfg.hidden_size, itemsize, self.settings.compute,
+                                        self.settings.sync_dtype)
+        if self.settings.sync_dtype == "q80":  # the links' bandwidth terms on the bytes q80 frames carry
+            delays = Q80Delays(self.links, self.settings.latency_seed, number, itemsize)
+        else:
+            delays = RequestDelays(self.links, self.settings.latency_seed, number)
         return ReplyMetrics(t0, prompt_tokens, delays, names, [[w.shard.start, w.shard.end] for w in specs],
                             compute=self.settings.compute)
 
@@ -112,6 +117,7 @@ class Runtime:
                       "n_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size},
             "latency": latency_description(self.settings),
             "parallelism": self.settings.parallelism,
+            "sync_dtype": self.settings.sync_dtype,  # how hidden states travel: float32 | q80 (SYNC_DTYPE)
             # modelled: the workers and the LM head take their devices' modelled time; no token is real
             "compute": self.settings.compute, "tokens_are_real": self.settings.compute == "real",
             "root_device": self.settings.root_device if self.settings.compute == "modelled" else None,
@@ -162,6 +168,11 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
         # int8 quantizes the workers' projections; the root's embedding and LM head stay in the compute dtype.
         head = HeadModel(model_path, compute_dtype_name(settings.dtype), gemv=settings.decode_gemv)
     config = json.loads((model_path / "config.json").read_text())
+    if settings.sync_dtype == "q80":
+        try:
+            check_q80_hidden(config["hidden_size"])  # refused before any worker loads
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
     shape = ModelShape.from_config(config)
     model_ctx = getattr(head.config, "max_position_embeddings", None) or settings.max_context
     control = ControlClient(settings.secret)
@@ -208,15 +219,16 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     # On a swarm a rescheduled task comes back at a new address: the monitor follows it.
     cluster = Cluster(workers, placement, str(model_path), settings.dtype, return_address, control,
                       rediscover=(lambda: swarm_workers(docker, settings.worker_port)) if swarm else None,
-                      shares=shares if tensor else None, devices=worker_devices, compute=settings.compute)
+                      shares=shares if tensor else None, devices=worker_devices, compute=settings.compute,
+                      sync_dtype=settings.sync_dtype)
     n = len(cluster.specs)
     if tensor:
         chain = TensorChain(cluster.specs, transport, control, config["num_hidden_layers"], config["hidden_size"],
-                            settings.max_frame_bytes, settings.hop_timeout_s)
+                            settings.max_frame_bytes, settings.hop_timeout_s, settings.sync_dtype)
         links = links_for(n, settings.link, settings.link_overrides)[:n]  # link i: root <-> worker i+1, both ways
     else:
         chain = Chain(cluster.specs, transport, control, return_address, settings.max_frame_bytes,
-                      settings.hop_timeout_s)
+                      settings.hop_timeout_s, settings.sync_dtype)
         links = links_for(n, settings.link, settings.link_overrides)
     cluster.listeners.append(chain.follow)
     transport.serve(data_port(settings.port), chain.arrive)

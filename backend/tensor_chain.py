@@ -5,6 +5,9 @@ Same interface as backend/chain.py's Chain (`forward(request_id, hidden, start_p
 the root calls every worker's data port with the step; each worker's partials come to the root's
 data port (`arrive`) as calls, and each is answered with the sum once all N partials of that sync
 are in (`reduce_partials`, float32). Worker 1's answer to the broadcast carries the output.
+SYNC_DTYPE=q80: the broadcast, the partials and the sums travel as q80 blocks (common/q80.py); the
+root still sums in float32 (each partial dequantized) and quantizes each sum once for the way back,
+as distributed-llama's q80 sync buffer does; worker 1's output home stays in the compute dtype.
 
 Concurrency: one tensor step at a time across the cluster (`_step_lock`). Every worker takes part in
 every sync of a step, so two steps interleaved on the workers could each wait for a partial the
@@ -90,12 +93,13 @@ class _Round:
 
 class TensorChain:
     def __init__(self, workers: list[WorkerSpec], transport: Transport, control: ControlClient, n_layers: int,
-                 hidden_size: int, max_frame_bytes: int, hop_timeout_s: float):
+                 hidden_size: int, max_frame_bytes: int, hop_timeout_s: float, sync_dtype: str = "float32"):
         if not workers:
             raise ValueError("tensor mode needs at least one worker")
         self.workers, self.transport, self.control = workers, transport, control
         self.n_syncs, self.hidden_size = syncs_per_step(len(workers), n_layers), hidden_size
         self.max_frame_bytes, self.hop_timeout_s = max_frame_bytes, hop_timeout_s
+        self.as_q80 = sync_dtype == "q80"  # the broadcast and the sums as q80 blocks (the workers send q80 partials)
         self._names = [w.name for w in workers]
         self._steps = itertools.count()
         self._step_lock = threading.Lock()
@@ -138,7 +142,7 @@ class TensorChain:
         d = rnd.delays
         futures = [self._pool.submit(self._call, rnd, i, encode_frame(
             TensorStep(rnd.request_id, rnd.step, start_pos, d.broadcast[i], tuple(up[i] for up in d.up),
-                       tuple(down[i] for down in d.down)).to_dict(), hidden), timeout)
+                       tuple(down[i] for down in d.down)).to_dict(), hidden, self.as_q80), timeout)
             for i in range(len(self.workers))]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         if pending:  # a failure: the others are answered at once by the failed round; wait for them briefly
@@ -200,7 +204,7 @@ class TensorChain:
         except (WorkerFailure, ProtocolError) as exc:
             worker = getattr(exc, "worker", None)
             return encode_frame(StepError(getattr(exc, "status", 409), str(exc), worker).to_dict(), None)
-        reply = encode_frame(SyncSum(time.time_ns()).to_dict(), total)
+        reply = encode_frame(SyncSum(time.time_ns()).to_dict(), total, self.as_q80)
         with rnd.cond:
             rnd.up_transport_ms[sp.rank] += max(0.0, (recv_ns - sp.sent_ns) / 1e6)
             rnd.sync_bytes += len(frame) + len(reply)

@@ -2,7 +2,7 @@
 when the workers cannot split the model, and the memory estimate of each share (pure)."""
 from __future__ import annotations
 
-from common.dtypes import KV_BYTES, WEIGHT_BYTES, int4_matrix_bytes
+from common.dtypes import KV_BYTES, WEIGHT_BYTES, int4_layer_bytes
 from common.placement import Device, Placement, Shard, WorkerPlan
 from common.tensor_split import TensorShare, tensor_shares
 
@@ -34,7 +34,7 @@ def share_layer_weight_bytes(share: TensorShare, hidden: int, hd: int, dtype: st
     """Bytes of one layer's share: int4 its padded 4-bit slices + float32 norms (worker/int4.py), else
     its parameters at the dtype's width."""
     if dtype == "int4":
-        return sum(int4_matrix_bytes(*shape) for shape in share.linear_shapes(hidden, hd)) + 2 * hidden * 4
+        return int4_layer_bytes(share.linear_shapes(hidden, hd), 2 * hidden)
     return share.layer_params(hidden, hd) * WEIGHT_BYTES[dtype]
 
 

@@ -178,13 +178,14 @@ def main(argv=None) -> int:
         result["baseline_first"] = args.baseline_first
         result["baseline_workers"] = {str(n): summarize_workers(replies, memory, hf["decode_tok_s"]["median"], ceiling)
                                       for n, (replies, memory) in baseline.items()}
+        pairs = {str(n): [a["full"]["decode_tok_s"] / b["full"]["decode_tok_s"]
+                          for a, b in zip(runs[n][0], baseline[n][0])] for n in runs}
         result["vs_baseline"] = {n: {"decode_tok_s_ratio": stats.ratio(w["decode_tok_s"]["median"],
                                                                         result["baseline_workers"][n]["decode_tok_s"]["median"]),
                                      # each repeat's pair was measured back to back: the ratio of a pair
                                      # is what the machine's moods (other processes) disturb least
-                                     "paired_ratio_median": statistics.median(
-                                         a["full"]["decode_tok_s"] / b["full"]["decode_tok_s"]
-                                         for a, b in zip(runs[int(n)][0], baseline[int(n)][0])),
+                                     "paired_ratio_median": statistics.median(pairs[n]),
+                                     "paired_ratios": pairs[n],
                                      "return_link_ms": [result["baseline_workers"][n]["link_transport_ms"]["return_link_ms"],
                                                         w["link_transport_ms"]["return_link_ms"]]}
                                  for n, w in result["workers"].items()}

@@ -20,6 +20,7 @@ from .placement import parse_counts
 from .profiles import HOST
 from .profiles import device as device_profile
 from .profiles import network as network_profile
+from .protocol import SYNC_DTYPES
 
 MiB = 1024 * 1024
 PARALLELISMS = ("pipeline", "tensor")
@@ -183,6 +184,9 @@ class RootSettings:
     compute: str = "real"                 # real: workers run their layers | modelled: they take the time the cost
                                           # model gives their device, and the tokens are not real
     root_device: str = "host"             # modelled compute: the device that times the root's LM head
+    sync_dtype: str = "float32"           # how hidden states travel: float32 (tensor mode's partials and sums in
+                                          # float32, pipeline's hops in the compute dtype) | q80: distributed-llama's
+                                          # 8-bit blocks, 3.76x fewer bytes than float32 (common/q80.py)
     frontend_dir: str = str(Path(__file__).resolve().parent.parent / "frontend")
     secret: SecretSource = field(default_factory=SecretSource)
 
@@ -201,6 +205,7 @@ class RootSettings:
         "RETURN_HOST": ("return_host", _text), "DECODE_GEMV": ("decode_gemv", _switch),
         "FRONTEND_DIR": ("frontend_dir", _text), "DEVICES": ("devices", _names), "NETWORK": ("network", _lower),
         "COMPUTE": ("compute", _lower), "ROOT_DEVICE": ("root_device", _lower),
+        "SYNC_DTYPE": ("sync_dtype", _lower),
     }
 
     def __post_init__(self):
@@ -217,6 +222,8 @@ class RootSettings:
         if self.compute not in COMPUTE_MODES:
             raise ValueError(f"COMPUTE must be one of {', '.join(COMPUTE_MODES)}, not {self.compute!r}")
         check_compute(self.dtype, self.compute)  # q40/q80 only with COMPUTE=modelled
+        if self.sync_dtype not in SYNC_DTYPES:
+            raise ValueError(f"SYNC_DTYPE must be one of {', '.join(SYNC_DTYPES)}, not {self.sync_dtype!r}")
         for name in self.devices + (self.root_device,):
             if name != HOST:
                 device_profile(name)  # an unknown name is refused here, with the catalog's names

@@ -41,6 +41,11 @@ def int4_matrix_bytes(rows: int, cols: int) -> int:
     return n * k // 2 + n * (k // INT4_GROUP) * INT4_GROUP_BYTES
 
 
+def int4_layer_bytes(linear_shapes, norm_params: int) -> int:
+    """One int4 layer (or a worker's share of one): its padded 4-bit projections + float32 norms (worker/int4.py)."""
+    return sum(int4_matrix_bytes(*shape) for shape in linear_shapes) + norm_params * 4
+
+
 def compute_dtype_name(name: str) -> str:
     """The dtype layers compute (and cache, and send) in: float32 for quantized weights."""
     check(name)

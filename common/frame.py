@@ -3,6 +3,8 @@
 Layout: MAGIC (4 bytes) | header length (u32, little endian) | header (UTF-8 JSON object) | raw tensor bytes.
 The header names the dtype and shape of the tensor; everything else in it (request id, positions,
 link delays, stage records) is the sender's business. Every field a peer sends is checked and bounded.
+dtype "q80" (SYNC_DTYPE=q80): the shape is the float tensor's, the payload its q80 blocks
+(common/q80.py), and the receiver gets the float32 tensor back.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import struct
 
 import torch
 
+from . import q80
 from .dtypes import WIRE_DTYPES
 
 MAGIC = b"DLM1"
@@ -27,10 +30,17 @@ class FrameError(ValueError):
     """A frame a peer sent is malformed or too large; the message says why."""
 
 
-def encode_frame(header: dict, tensor: torch.Tensor | None) -> bytes:
+def encode_frame(header: dict, tensor: torch.Tensor | None, as_q80: bool = False) -> bytes:
+    """as_q80: the tensor travels as q80 blocks (FrameError when it has none: a last dimension not divisible
+    by 32, a NaN or infinite value)."""
     header = dict(header)
     if tensor is None:
         header["dtype"], header["shape"], payload = None, None, b""
+    elif as_q80:
+        try:
+            header["dtype"], header["shape"], payload = "q80", list(tensor.shape), q80.encode(tensor)
+        except ValueError as exc:
+            raise FrameError(str(exc)) from None
     else:
         if tensor.dtype not in DTYPE_NAMES:
             raise FrameError(f"unsupported dtype {tensor.dtype}")
@@ -68,11 +78,16 @@ def decode_frame(data: bytes, max_bytes: int) -> tuple[dict, torch.Tensor | None
             raise FrameError("frame without a tensor carries payload bytes")
         return header, None
     dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
-    if dtype is None:
+    if dtype is None and dtype_name != "q80":
         raise FrameError(f"unsupported dtype {dtype_name!r}")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in shape)):
         raise FrameError(f"bad tensor shape {shape!r}")
+    if dtype is None:  # q80: its sizes and scales checked by the codec, a float32 tensor back
+        try:
+            return header, q80.decode(payload, shape)
+        except ValueError as exc:
+            raise FrameError(str(exc)) from None
     itemsize = torch.empty((), dtype=dtype).element_size()
     if math.prod(shape) * itemsize != len(payload):
         raise FrameError(f"payload of {len(payload)} bytes does not match shape {shape} of {dtype_name}")

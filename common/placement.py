@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .dtypes import KV_BYTES, MODEL_DTYPES, WEIGHT_BYTES, int4_matrix_bytes
+from .dtypes import KV_BYTES, MODEL_DTYPES, WEIGHT_BYTES, int4_layer_bytes
 
 MODES = ("even", "manual", "threads", "memory", "fit")
 GiB = 1024 ** 3
@@ -117,7 +117,7 @@ class ModelShape:
         if dtype == "int4":
             if not self.linear_shapes:
                 raise PlacementError("the int4 estimate needs the projections' shapes (ModelShape.from_config)")
-            return sum(int4_matrix_bytes(*shape) for shape in self.linear_shapes) + self.norm_params * 4
+            return int4_layer_bytes(self.linear_shapes, self.norm_params)
         if dtype not in WEIGHT_BYTES:
             raise PlacementError(f"dtype must be one of {MODEL_DTYPES}, not {dtype!r}")
         return (self.linear_params + self.norm_params) * WEIGHT_BYTES[dtype]

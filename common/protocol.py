@@ -21,6 +21,10 @@ ADDRESS = re.compile(r"^[A-Za-z0-9._-]{1,253}:\d{1,5}$")
 MAX_DELAY_MS = 600_000.0   # ten minutes: longer than any link model a user means
 MAX_LINKS = 4096
 MAX_STAGES = 1024
+# How hidden states travel between processes (SYNC_DTYPE): float32, today's frames (tensor mode's partials
+# and sums in float32, pipeline mode's hidden states in the compute dtype) | q80, distributed-llama's
+# 8-bit blocks (common/q80.py) for tensor mode's broadcast, partials and sums and pipeline mode's hops.
+SYNC_DTYPES = ("float32", "q80")
 
 
 class ProtocolError(ValueError):
@@ -80,9 +84,11 @@ class LoadAssignment:
     share: TensorShare | None = None
     device: str = "host"   # the device profile this worker plays (profiles/devices.yaml); host: its own share
     compute: str = "real"  # real | modelled: the layers are not run, their modelled time is taken
+    sync_dtype: str = "float32"  # how this worker sends hidden states (SYNC_DTYPES); read at every step
 
     def holds_same(self, other: "LoadAssignment") -> bool:
-        """The same slice in the same place of the chain: only the next hop may differ."""
+        """The same slice in the same place of the chain: only the next hop and the sync dtype may differ
+        (neither needs a reload)."""
         return (self.name, self.index, self.shard, self.dtype, self.model_path, self.device, self.compute) == \
             (other.name, other.index, other.shard, other.dtype, other.model_path, other.device, other.compute)
 
@@ -95,6 +101,8 @@ class LoadAssignment:
             out["device"] = self.device
         if self.compute != "real":
             out["compute"] = self.compute
+        if self.sync_dtype != "float32":
+            out["sync_dtype"] = self.sync_dtype
         return out
 
     @classmethod
@@ -109,7 +117,14 @@ class LoadAssignment:
         return cls(name=name, index=_nonneg_int(d, "index", what, MAX_LINKS), shard=Shard(start, end),
                    dtype=_get(d, "dtype", str, what), model_path=_get(d, "model_path", str, what),
                    next_address=_address(d, "next_address", what), share=_share(d.get("share")),
-                   device=_profile_name(d.get("device", "host")), compute=_compute(d.get("compute", "real")))
+                   device=_profile_name(d.get("device", "host")), compute=_compute(d.get("compute", "real")),
+                   sync_dtype=_sync_dtype(d.get("sync_dtype", "float32")))
+
+
+def _sync_dtype(raw) -> str:
+    if raw not in SYNC_DTYPES:
+        raise ProtocolError(f"load.sync_dtype must be one of {', '.join(SYNC_DTYPES)}, not {raw!r}")
+    return raw
 
 
 def _profile_name(raw) -> str:

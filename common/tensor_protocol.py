@@ -7,7 +7,8 @@ The topology is distributed-llama's: the root is the hub of a star.
         root --SyncSum + the sum over all workers--> each worker    (its reply, once all N arrived)
     every worker --TensorRecord--> root, worker 1's with the output (the answer to the broadcast call)
 A synchronisation therefore costs two link crossings (worker -> root, root -> worker). Partials and
-sums travel as float32 (the issue's default sync dtype), whatever the compute dtype.
+sums travel as float32 (the issue's default sync dtype), whatever the compute dtype, or with
+SYNC_DTYPE=q80 (LoadAssignment.sync_dtype) as q80 blocks, the broadcast too (common/q80.py).
 
 The root draws every delay of the step and sends each worker its own: the worker sleeps a partial's
 delay before sending it and a sum's delay after receiving it, so the root (one process, which would

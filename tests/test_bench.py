@@ -1,4 +1,6 @@
 """The pure parts of the benchmarks: statistics, ratios, the bandwidth ceiling, fidelity, breakdowns."""
+import json
+
 import pytest
 
 from bench import stats
@@ -200,3 +202,35 @@ def test_streams_refuses_counts_without_the_baseline():
     with pytest.raises(SystemExit) as exc:
         streams.main(["--processes", "2,4"])
     assert exc.value.code == 2
+
+
+def test_geo_mean_ci_brackets_the_geometric_mean_and_narrows_with_more_runs():
+    pairs = [0.97, 1.03, 1.0, 0.99]
+    few = stats.geo_mean_ci([pairs])
+    assert few["geo_mean"] == pytest.approx((0.97 * 1.03 * 1.0 * 0.99) ** 0.25)
+    assert few["low"] < few["geo_mean"] < few["high"] and (few["runs"], few["pairs"]) == (1, 4)
+    many = stats.geo_mean_ci([pairs] * 25)
+    assert many["high"] - many["low"] < few["high"] - few["low"]
+    assert stats.geo_mean_ci([pairs]) == few  # seeded: the same interval every time
+    assert stats.geo_mean_ci([[0.90, 0.91, 0.92], [0.90, 0.91]])["high"] < 1.0
+    # two runs whose clusters disagree by 6 %: the interval spans both, however many pairs each has
+    apart = stats.geo_mean_ci([[0.97] * 20, [1.03] * 20])
+    assert apart["low"] <= 0.975 and apart["high"] >= 1.025
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.geo_mean_ci([[1.0]])
+
+
+def test_pool_reads_the_pairs_of_a_run_and_refuses_what_has_none(tmp_path):
+    from bench.pool import last_json, main, pairs_of
+    run = {"bench": "pipeline", "dtype": "float32", "baseline_first": True,
+           "vs_baseline": {"4": {"paired_ratios": [1.01, 0.99, 1.02]}}}
+    path = tmp_path / "run.txt"
+    path.write_text("a table\n" + json.dumps(run) + "\n")
+    assert pairs_of(last_json(path)) == {"4": [1.01, 0.99, 1.02]}
+    assert main([str(path), str(path)]) == 0
+    with pytest.raises(ValueError, match="predates"):
+        pairs_of({"vs_baseline": {"4": {"paired_ratio_median": 1.0}}})
+    with pytest.raises(ValueError, match="--against"):
+        pairs_of({"bench": "pipeline"})
+    (tmp_path / "table.txt").write_text("only a table\n")
+    assert main([str(tmp_path / "table.txt")]) == 2

@@ -287,7 +287,8 @@ def ring_step(state: WorkerState, data: bytes, recv_ns: int) -> bytes:
     a, settings = state.assignment, state.settings
     # The rest of the ring sleeps its links' delays before this call is answered.
     timeout = settings.hop_timeout_s + sum(header.delays_ms[a.index + 1:]) / 1e3
-    frame = encode_frame(header.to_dict(), out)
+    # SYNC_DTYPE=q80: 8-bit blocks on to the next hop (its receiver casts them back to its dtype)
+    frame = encode_frame(header.to_dict(), out, a.sync_dtype == "q80")
     try:
         reply = state.transport.peer(a.next_address).call(frame, timeout)
     except TimeoutError:

@@ -53,7 +53,8 @@ class Syncs:
         if self.step.up_ms[index] > 0:
             sleep_exactly(self.step.up_ms[index] / 1e3)  # the partial's link: waited by its sender, arrives late
         header = SyncPartial(self.step.request_id, self.step.step, index, a.share.rank, time.time_ns())
-        frame = encode_frame(header.to_dict(), partial.to(torch.float32))
+        # float32, or SYNC_DTYPE=q80's blocks of it (the root sums them in float32 either way)
+        frame = encode_frame(header.to_dict(), partial.to(torch.float32), a.sync_dtype == "q80")
         where = f"{sync_label(index)} of step {self.step.step}"
         try:
             reply = self.state.transport.peer(a.next_address).call(frame, self.timeout_s)
