@@ -19,6 +19,7 @@ from typing import Callable
 
 from flask import Blueprint, jsonify, request
 
+from common import q80
 from common.config import PARALLELISMS
 from common.dtypes import check_compute
 from common.errors import error_response
@@ -110,9 +111,12 @@ def tensor_preview(current: PlacementView, args) -> tuple[Placement, dict]:
                      "hidden_size": hidden}
     body["valid_worker_counts"] = valid_tensor_counts(n_heads, n_kv_heads, config["intermediate_size"])
     body["syncs_per_token"] = syncs
-    # Per sync every worker sends its float32 partial and gets the float32 sum back (tensor payload only:
-    # each frame adds a small JSON header, which the reply's metrics.sync.bytes does count).
-    body["sync_bytes_per_token"] = syncs * len(shares) * 2 * hidden * SYNC_ITEMSIZE
+    # Per sync every worker sends its partial and gets the sum back, float32 or SYNC_DTYPE=q80's blocks (tensor
+    # payload only: each frame adds a small JSON header, which the reply's metrics.sync.bytes does count).
+    sync_dtype = planner.settings.sync_dtype
+    per_message = q80.nbytes([hidden]) if sync_dtype == "q80" else hidden * SYNC_ITEMSIZE
+    body["sync_dtype"] = sync_dtype
+    body["sync_bytes_per_token"] = syncs * len(shares) * 2 * per_message
     body["max_concurrent"] = concurrent
     body["max_context"] = context
     return placement, body

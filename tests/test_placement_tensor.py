@@ -98,6 +98,14 @@ def test_more_workers_than_kv_heads_replicate_them(tmp_path):
     assert body["sync_bytes_per_token"] == 8 * 4 * 2 * 64 * 4  # float32 whatever the dtype
 
 
+def test_the_preview_counts_q80_syncs_when_the_root_sends_them(tmp_path):
+    path, config = model_dir(tmp_path, "tiny")  # hidden 64: two q80 blocks of 34 bytes a message
+    body = preview_client(path, config, 2, sync_dtype="q80").get(
+        "/api/placement", query_string={"parallelism": "tensor"}).json
+    assert body["sync_dtype"] == "q80"
+    assert body["sync_bytes_per_token"] == 8 * 2 * 2 * (2 * 34)  # 8 syncs x 2 workers x (partial + sum)
+
+
 def test_a_real_shape_matches_the_root_s_own_tensor_plan(tmp_path):
     path, config = model_dir(tmp_path, "llama-3.2-1b")  # 32 heads, 8 KV heads: 8 workers, no replicas
     body = preview_client(path, config, 8).get("/api/placement", query_string={"parallelism": "tensor",
