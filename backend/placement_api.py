@@ -19,12 +19,11 @@ from typing import Callable
 
 from flask import Blueprint, jsonify, request
 
-from common import q80
 from common.config import PARALLELISMS
 from common.dtypes import check_compute
 from common.errors import error_response
 from common.placement import MODES, Placement, PlacementError, parse_counts
-from common.tensor_links import SYNC_ITEMSIZE, syncs_per_step
+from common.tensor_links import sync_message_bytes, syncs_per_step
 from common.tensor_split import TensorShare, tensor_shares, valid_tensor_counts
 
 from .planner import PlacementView
@@ -114,9 +113,8 @@ def tensor_preview(current: PlacementView, args) -> tuple[Placement, dict]:
     # Per sync every worker sends its partial and gets the sum back, float32 or SYNC_DTYPE=q80's blocks (tensor
     # payload only: each frame adds a small JSON header, which the reply's metrics.sync.bytes does count).
     sync_dtype = planner.settings.sync_dtype
-    per_message = q80.nbytes([hidden]) if sync_dtype == "q80" else hidden * SYNC_ITEMSIZE
     body["sync_dtype"] = sync_dtype
-    body["sync_bytes_per_token"] = syncs * len(shares) * 2 * per_message
+    body["sync_bytes_per_token"] = syncs * len(shares) * 2 * sync_message_bytes(hidden, sync_dtype)
     body["max_concurrent"] = concurrent
     body["max_context"] = context
     return placement, body

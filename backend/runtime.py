@@ -19,7 +19,7 @@ from typing import Callable
 from transformers import AutoTokenizer, GenerationConfig
 
 from common.config import RootSettings
-from common.dtypes import compute_dtype_name
+from common.dtypes import WEIGHT_BYTES, compute_dtype_name
 from common.latency import LinkModel, RequestDelays, links_for
 from common.model_info import synthetic_marker
 from common.placement import Device, ModelShape, Placement, PlacementError
@@ -89,7 +89,7 @@ class Runtime:
         """A new reply's accumulator, its delays drawn from the next request's seeded generator."""
         number, specs = next(self.requests_started), self.cluster.specs
         names = [w.name for w in specs]
-        itemsize = 2 if compute_dtype_name(self.settings.dtype) in ("bfloat16", "float16") else 4
+        itemsize = WEIGHT_BYTES[compute_dtype_name(self.settings.dtype)]  # hidden states travel in it
         if self.settings.parallelism == "tensor":
             cfg = self.head.config
             return tensor_reply_metrics(t0, prompt_tokens, self.links, self.settings.latency_seed, number, names,

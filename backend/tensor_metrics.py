@@ -18,9 +18,8 @@ The workers run each step side by side, so the reply's totals follow the critica
 """
 from __future__ import annotations
 
-from common import q80
 from common.latency import LinkModel
-from common.tensor_links import SYNC_ITEMSIZE, TensorDelays
+from common.tensor_links import TensorDelays, sync_message_bytes
 
 from .metrics import PLAYED, ReplyMetrics, percentile, played_totals
 
@@ -75,7 +74,7 @@ def tensor_reply_metrics(t0: float, prompt_tokens: int, links: list[LinkModel], 
     """A reply's accumulator in tensor mode: its delays drawn per tensor step, its totals as above.
     sync_dtype q80: the partials' and sums' delays are drawn on their q80 bytes (the broadcast's and the
     output's on the compute dtype's, an upper bound for the broadcast: 2 of the 2 + 4 x layers messages)."""
-    sync_bytes = q80.nbytes([hidden_size]) if sync_dtype == "q80" else hidden_size * SYNC_ITEMSIZE
-    delays = TensorDelays(links, seed, request_number, n_layers, hidden_size * itemsize, sync_bytes)
+    delays = TensorDelays(links, seed, request_number, n_layers, hidden_size * itemsize,
+                          sync_message_bytes(hidden_size, sync_dtype))
     return ReplyMetrics(t0, prompt_tokens, delays, names, [[0, n_layers]] * len(names),
                         totals=TensorTotals(names, n_layers), compute=compute)

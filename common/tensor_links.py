@@ -19,9 +19,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from . import q80
 from .latency import LinkModel, RequestDelays, sample_delay_ms
 
 SYNC_ITEMSIZE = 4  # float32 partials and sums
+
+
+def sync_message_bytes(hidden_size: int, sync_dtype: str = "float32") -> int:
+    """One position's partial (or sum) on the wire: float32, or SYNC_DTYPE=q80's blocks of it."""
+    return q80.nbytes([hidden_size]) if sync_dtype == "q80" else hidden_size * SYNC_ITEMSIZE
 
 
 def syncs_per_step(n_workers: int, n_layers: int) -> int:
