@@ -45,6 +45,16 @@ RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
  && mkdir -p /app /synthetic /run/cluster && chown app:app /synthetic /run/cluster
 WORKDIR /app
+# How torch's threads share a few cores with the cluster's other processes (README, "Compared with
+# distributed-llama"). libgomp's threads spin 300,000 rounds after each parallel region by default:
+# milliseconds in which they hold a core that the next process of the chain needs (1 worker x 2 threads,
+# int4: 24 -> 32 tok/s at 30,000); much fewer and they fall asleep between the ops of one step (float32
+# at 10,000: 10 tok/s, at 30,000: 13-14). THP_MEM_ALLOC_ENABLE: torch's allocator asks for 2 MB pages for
+# large tensors (the weights, streamed every token: torch.mv on 2 threads 41 -> 48 GB/s here); a host
+# whose transparent_hugepage is "never" ignores it. Both are read when a process starts: set them in
+# the environment to change them.
+ENV GOMP_SPINCOUNT=30000 \
+    THP_MEM_ALLOC_ENABLE=1
 
 # The test image. Debian's chromium-headless-shell is what Playwright itself runs headless (about
 # 60 packages fewer than the full chromium); tests/browser reads CHROMIUM_PATH.

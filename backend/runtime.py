@@ -165,8 +165,8 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
         except ModelledRefused as exc:
             raise StartupError(str(exc)) from None
     else:
-        # int8 quantizes the workers' projections; the root's embedding and LM head stay in the compute dtype.
-        head = HeadModel(model_path, compute_dtype_name(settings.dtype), gemv=settings.decode_gemv)
+        # int8 / int4: the LM head quantized as the workers' projections; the embedding stays in the compute dtype.
+        head = HeadModel(model_path, settings.dtype, gemv=settings.decode_gemv)
     config = json.loads((model_path / "config.json").read_text())
     if settings.sync_dtype == "q80":
         try:

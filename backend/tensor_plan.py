@@ -31,7 +31,7 @@ def head_dim(config: dict) -> int:
 
 
 def share_layer_weight_bytes(share: TensorShare, hidden: int, hd: int, dtype: str) -> int:
-    """Bytes of one layer's share: int4 its padded 4-bit slices + float32 norms (worker/int4.py), else
+    """Bytes of one layer's share: int4 its padded 4-bit slices + float32 norms (common/int4.py), else
     its parameters at the dtype's width."""
     if dtype == "int4":
         return int4_layer_bytes(share.linear_shapes(hidden, hd), 2 * hidden)

@@ -5,12 +5,12 @@ M = 1 row (a decode step) and M = 32 rows (a prefill chunk), on 1 and 2 threads:
 
     float32     the project's float32 path: torch.mv at one row (common/gemv.py), F.linear above
     bfloat16    F.linear in bfloat16 (input and output bfloat16, as a bfloat16 layer computes)
-    int8        the project's int8: quantize_dynamic's Linear (worker/quantize.py), float32 in and out
-    int4        worker/int4.py Int4Linear: q40-style groups of 32, torch's _weight_int4pack_mm_for_cpu,
+    int8        the project's int8: quantize_dynamic's Linear (common/quantize.py), float32 in and out
+    int4        common/int4.py Int4Linear: q40-style groups of 32, torch's _weight_int4pack_mm_for_cpu,
                 float32 in and out (cast to bfloat16 around the kernel)
     int4-f32    the same kernel fed float32 activations and scales (no vectorised path: a scalar loop)
     torchao     torchao's int4_weight_only(group_size=32, Int4CPULayout), bfloat16 in and out, when
-                torchao is importable (it is not in the image; see the module docstring of worker/int4.py)
+                torchao is importable (it is not in the image; see the module docstring of common/int4.py)
 
 Decode streams every weight once per token, so each timing cycles through enough copies of the matrix
 to exceed the last-level cache (--pool-mib, default 640 MiB against this machine's 300 MiB L3): the
@@ -30,8 +30,8 @@ from collections.abc import Callable
 import torch
 
 from common.gemv import linear as f32_linear
-from worker.int4 import Int4Linear, pack, quantize
-from worker.quantize import quantize_int8, quantized_engine
+from common.int4 import Int4Linear, pack, quantize
+from common.quantize import quantize_int8, quantized_engine
 
 from .common import emit, print_table
 

@@ -157,7 +157,7 @@ class RootSettings:
     synthetic_dir: str = "/synthetic"     # where synthetic models are made (writable by the root only)
     parallelism: str = "pipeline"         # pipeline: each worker holds a run of layers | tensor: a share of every layer
     dtype: str = "float32"               # float32 | bfloat16 | int8 | int4 (int8 / 4-bit weights in the workers'
-                                          # projections; they compute in float32, the root's head stays float32)
+                                          # projections and the root's LM head; they compute in float32)
     worker_urls: tuple[str, ...] = ()     # fixed list (local mode); empty: discover through Docker
     layer_split: tuple[int, ...] | None = None
     placement: str = ""                   # even | manual | threads | memory | fit; "": manual if layer_split else even

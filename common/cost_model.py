@@ -85,8 +85,7 @@ def layers_cost(device: DeviceProfile, dtype: str, shape: LayerShape, n_layers: 
 def head_cost(device: DeviceProfile, dtype: str, shape: LayerShape) -> StepCost:
     """The root's LM head for one token's logits (the embedding is a lookup: free)."""
     params = shape.vocab * shape.hidden
-    head_dtype = "float32" if dtype in ("int8", "int4") else dtype  # their clusters keep the head in float32
-    gbps, _ = device.decode_gbps(head_dtype)
-    gflops = device.prefill_gflops(head_dtype)
-    return StepCost(weight_bytes(params, head_dtype) / (gbps * 1e9) * 1e3,
+    gbps, _ = device.decode_gbps(dtype)  # the head is held in the layers' dtype (backend/head.py), int4 and int8 too
+    gflops = device.prefill_gflops(dtype)
+    return StepCost(weight_bytes(params, dtype) / (gbps * 1e9) * 1e3,
                     2 * params / (gflops * 1e9) * 1e3 if gflops else 0.0, 0.0)

@@ -22,7 +22,7 @@ WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2,
 # The KV cache is kept in the dtype the layers compute in: int8, q40 and q80 layers compute in float32.
 KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "int4": 4, "q40": 4, "q80": 4}
 
-# int4 (worker/int4.py): torch's int4-packed CPU matmul takes N output rows a multiple of 16 and K inputs a
+# int4 (common/int4.py): torch's int4-packed CPU matmul takes N output rows a multiple of 16 and K inputs a
 # multiple of the group, 32; a matrix is padded with zeros up to those. Per padded matrix it holds the codes
 # (half a byte a weight) and a bfloat16 scale and zero per group of 32 of each row.
 INT4_GROUP = 32
@@ -42,7 +42,7 @@ def int4_matrix_bytes(rows: int, cols: int) -> int:
 
 
 def int4_layer_bytes(linear_shapes, norm_params: int) -> int:
-    """One int4 layer (or a worker's share of one): its padded 4-bit projections + float32 norms (worker/int4.py)."""
+    """One int4 layer (or a worker's share of one): its padded 4-bit projections + float32 norms (common/int4.py)."""
     return sum(int4_matrix_bytes(*shape) for shape in linear_shapes) + norm_params * 4
 
 

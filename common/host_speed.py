@@ -6,8 +6,8 @@ Why each figure is measured the way it is:
   the rate at which the weights stream through the product the worker really runs: float32 through
   common.gemv (torch.mv, what DecoderSlice switches its projections to), bfloat16 and float16 through
   F.linear (gemv would be slower there, see common/gemv.py), int8 through PyTorch's dynamically
-  quantized Linear with per-row scales (what worker/quantize.py builds), int4 through torch's int4-packed
-  matmul with bfloat16 around it (what worker/int4.py builds). Figure = the matrix's weight
+  quantized Linear with per-row scales (what common/quantize.py builds), int4 through torch's int4-packed
+  matmul with bfloat16 around it (what common/int4.py builds). Figure = the matrix's weight
   bytes / the time of one product. The matrix (128 MiB by default) is four times this host's 32 MiB L3,
   so it streams from memory as a layer's weights do.
 - memory (measure_memory_gbps): a sum over a 256 MiB float32 tensor, read-only like decode and with no
@@ -75,7 +75,7 @@ class _Threads:
 
 
 def _quantized_linear(weight_int8: torch.Tensor) -> torch.nn.Module:
-    """The dynamically quantized Linear quantize_dynamic makes (worker/quantize.py), around int8 weights
+    """The dynamically quantized Linear quantize_dynamic makes (common/quantize.py), around int8 weights
     with one scale per row, built straight from int8 so no float copy four times larger is made."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     rows, cols = weight_int8.shape
@@ -92,7 +92,7 @@ def _quantized_linear(weight_int8: torch.Tensor) -> torch.nn.Module:
 
 
 def _int4_product(rows: int, cols: int, m: int) -> tuple[Callable[[], object], int]:
-    """worker/int4.py's product (torch's int4-packed matmul, bfloat16 around it) over a rows x cols matrix of
+    """common/int4.py's product (torch's int4-packed matmul, bfloat16 around it) over a rows x cols matrix of
     constant codes, built straight from codes: (the product of m rows, the weight bytes it reads)."""
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.full((rows, cols), 9, dtype=torch.int32), 1)
     scales_and_zeros = torch.zeros(cols // dtypes.INT4_GROUP, rows, 2, dtype=torch.bfloat16)

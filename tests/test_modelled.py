@@ -13,7 +13,7 @@ from backend.model_source import ShapeOnly, resolve_model
 from backend.modelled import ModelledRefused, played_memory, profiles_of
 from backend.tensor_plan import TensorRefused, shares_for, tensor_placement
 from common.config import RootSettings
-from common.cost_model import LayerShape, head_cost, layers_cost
+from common.cost_model import LayerShape, head_cost, layers_cost, weight_bytes
 from common.dtypes import check_compute, torch_dtype
 from common.placement import Device, ModelShape, Shard, plan
 from common.profiles import DeviceProfile, Figure, ProfileError, device
@@ -73,9 +73,14 @@ def test_a_tensor_share_costs_its_heads_and_ffn_columns_and_q40_its_block_bytes(
     assert q40.memory_ms == pytest.approx((46_080 * 18 / 32 + 2 * 32 * 4) / 10e9 * 1e3, rel=1e-12)
 
 
-def test_the_lm_head_reads_vocab_x_hidden_and_int8_keeps_it_in_float32():
+def test_the_lm_head_reads_vocab_x_hidden_in_the_layers_dtype():
     assert head_cost(profile(), "float32", TINY).total_ms == pytest.approx(4096 * 64 * 4 / 5e9 * 1e3, rel=1e-12)
-    assert head_cost(profile(), "int8", TINY).total_ms == head_cost(profile(), "float32", TINY).total_ms
+    # int8 and int4 hold the head quantized, like the layers (backend/head.py): their bytes, at the
+    # memory bandwidth where the device has no figure of their own
+    assert head_cost(profile(), "int8", TINY).memory_ms == pytest.approx(
+        weight_bytes(4096 * 64, "int8") / 10e9 * 1e3, rel=1e-12)
+    assert head_cost(profile(), "int4", TINY).memory_ms == pytest.approx(
+        weight_bytes(4096 * 64, "int4") / 10e9 * 1e3, rel=1e-12)
     assert head_cost(profile(), "q40", TINY).memory_ms == pytest.approx(4096 * 64 * 18 / 32 / 10e9 * 1e3, rel=1e-12)
 
 

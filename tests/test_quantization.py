@@ -37,12 +37,13 @@ def cache_bytes(cache) -> int:
 
 @torch.inference_mode()
 def teacher_forced_logits(model: Path, dtype: str, ids: list[int], n_layers: int | None = None) -> torch.Tensor:
-    """(T, vocab) float32 logits of every position: the root's head in float32 around one slice."""
+    """(T, vocab) float32 logits of every position: the root's head of that dtype (int4 and int8 hold it
+    quantized, as the root does) around one slice."""
     from transformers.cache_utils import DynamicCache
-    head = HeadModel(model, "float32")
+    head = HeadModel(model, dtype)
     sl = DecoderSlice(model, Shard(0, n_layers or head.config.num_hidden_layers), dtype)
     out = sl.forward(head.embed(ids), DynamicCache(), 0)
-    return torch.nn.functional.linear(head.norm(out.float()), head.lm_head_weight)[0]
+    return head.project(head.norm(out.to(head.dtype)))[0].float()
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -36,7 +36,7 @@ from common.transport import TcpTransport, Transport, data_port
 from .caches import CacheFull, KVCacheStore
 from .modelled import TENSOR_SLICES, ModelledSlice, ModelledTensorSlice, SliceCost, modelled_slice
 from .played_device import StretchClock, play
-from .quantize import quantized_engine
+from common.quantize import quantized_engine
 from .shard import DecoderSlice
 from .tensor_slice import TensorSlice
 from .tensor_step import tensor_step

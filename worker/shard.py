@@ -3,8 +3,8 @@ layer by layer.
 
 dtype float32 | bfloat16 | float16: weights and compute in that dtype.
 dtype int8 | int4: each layer is loaded in float32 and its projections quantized at once (so the
-float32 copy of only one layer exists at a time): int8 by worker/quantize.py, int4 (q40-style groups of
-32) by worker/int4.py; compute, activations and KV cache stay float32.
+float32 copy of only one layer exists at a time): int8 by common/quantize.py, int4 (q40-style groups of
+32) by common/int4.py; compute, activations and KV cache stay float32.
 """
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from common.gemv import use_gemv
+from common.int4 import held_bytes, quantize_int4
 from common.model_info import load_config, model_family
 from common.model_family import import_all
 from common.placement import Shard
 from common.dtypes import torch_dtype
+from common.quantize import quantize_int8, quantized_weight_bytes
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names
-
-from .int4 import held_bytes, quantize_int4
-from .quantize import quantize_int8, quantized_weight_bytes
 
 
 import_all()  # at start, not at the first load (common/model_family.import_all says why)

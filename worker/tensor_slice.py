@@ -18,7 +18,7 @@ Per layer (two synchronisations, as distributed-llama and Megatron do):
 The norms are small and computed in full on every rank, so x and h are identical everywhere; Qwen3's
 q_norm / k_norm normalise each head over head_dim on its own, so every rank holds them whole too.
 
-dtype int4: each layer's slices are read in float32 and its projections quantized at once (worker/int4.py,
+dtype int4: each layer's slices are read in float32 and its projections quantized at once (common/int4.py,
 groups of 32 along each slice's own inputs), so the float32 copy of only one layer exists at a time.
 """
 from __future__ import annotations
@@ -36,9 +36,9 @@ from common.gemv import use_gemv
 from common.model_info import load_config, model_family
 from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
+from common.int4 import held_bytes, quantize_int4
 from common.weights import WeightIndex, layer_prefix
 
-from .int4 import held_bytes, quantize_int4
 from .shard import release_freed_memory
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "int4")  # int8 is pipeline-only for now
