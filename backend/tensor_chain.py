@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
 
-from common.frame import FrameError, decode_frame, encode_frame
+from common.frame import FrameError, Payload, decode_frame, encode_frame, encode_payload, frame_with
 from common.latency import sleep_exactly
 from common.protocol import ProtocolError, StepError
 from common.tensor_links import TensorStepDelays, leg_delays, realized_ms, syncs_per_step
@@ -44,13 +44,14 @@ class _Round:
     """The syncs of one step: partials in, one sum out per sync, or the failure that ended the step."""
 
     def __init__(self, request_id: str, step: int, names: list[str], n_syncs: int, delays: TensorStepDelays,
-                 timeout_s: float):
+                 timeout_s: float, as_q80: bool = False):
         self.request_id, self.step, self.names, self.delays, self.timeout_s = request_id, step, names, delays, timeout_s
+        self.as_q80 = as_q80
         n = len(names)
         self.cond = threading.Condition()
         self.arrived: list[set[int]] = [set() for _ in range(n_syncs)]
         self.partials: list[list[torch.Tensor | None]] = [[None] * n for _ in range(n_syncs)]
-        self.sums: list[torch.Tensor | None] = [None] * n_syncs
+        self.sums: list[Payload | None] = [None] * n_syncs  # each sum encoded once, for every worker's answer
         self.arrival_ns: list[list[int]] = [[0] * n for _ in range(n_syncs)]  # the root's clock
         self.realized_ms = 0.0  # what the delays added, barrier by barrier (common/tensor_links.realized_ms)
         self.up_transport_ms = [0.0] * n  # per worker, summed over the step's syncs
@@ -63,8 +64,9 @@ class _Round:
                 self.failure = failure
             self.cond.notify_all()
 
-    def contribute(self, sync: int, rank: int, partial: torch.Tensor, recv_ns: int) -> torch.Tensor:
-        """Blocks until every rank's partial of `sync` is in; returns their sum (float32)."""
+    def contribute(self, sync: int, rank: int, partial: torch.Tensor, recv_ns: int) -> Payload:
+        """Blocks until every rank's partial of `sync` is in; returns their sum (float32, or its q80 blocks),
+        encoded once by the last to arrive."""
         with self.cond:
             if self.failure is None and rank in self.arrived[sync]:
                 raise ProtocolError(f"{self.names[rank]} sent {sync_label(sync)} twice")
@@ -74,7 +76,9 @@ class _Round:
             if len(self.arrived[sync]) == len(self.names):
                 self.realized_ms += realized_ms(self.arrival_ns[sync], leg_delays(self.delays, sync))
                 try:
-                    self.sums[sync] = reduce_partials(self.partials[sync], torch.float32)
+                    self.sums[sync] = encode_payload(reduce_partials(self.partials[sync], torch.float32), self.as_q80)
+                except FrameError as exc:  # a sum q80 cannot carry (NaN or infinite)
+                    self.failure = self.failure or WorkerFailure(f"the sum of {sync_label(sync)} cannot travel: {exc}")
                 except ValueError as exc:  # partials of different shapes: a worker out of step
                     self.failure = self.failure or WorkerFailure(f"the partials of {sync_label(sync)} differ: {exc}")
                 self.partials[sync] = []  # the sum is all that is needed from here on
@@ -118,7 +122,8 @@ class TensorChain:
         """One step on every worker; returns (worker 1's output, step timings)."""
         delays = TensorStepDelays.from_flat(list(delays_ms), len(self.workers), self.n_syncs)
         with self._step_lock:
-            rnd = _Round(request_id, next(self._steps), self._names, self.n_syncs, delays, self.hop_timeout_s)
+            rnd = _Round(request_id, next(self._steps), self._names, self.n_syncs, delays, self.hop_timeout_s,
+                         self.as_q80)
             with self._round_lock:
                 self._round = rnd
             try:
@@ -204,7 +209,7 @@ class TensorChain:
         except (WorkerFailure, ProtocolError) as exc:
             worker = getattr(exc, "worker", None)
             return encode_frame(StepError(getattr(exc, "status", 409), str(exc), worker).to_dict(), None)
-        reply = encode_frame(SyncSum(time.time_ns()).to_dict(), total, self.as_q80)
+        reply = frame_with(SyncSum(time.time_ns()).to_dict(), total)
         with rnd.cond:
             rnd.up_transport_ms[sp.rank] += max(0.0, (recv_ns - sp.sent_ns) / 1e6)
             rnd.sync_bytes += len(frame) + len(reply)

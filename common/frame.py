@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 
 import torch
 
@@ -30,29 +31,43 @@ class FrameError(ValueError):
     """A frame a peer sent is malformed or too large; the message says why."""
 
 
-def encode_frame(header: dict, tensor: torch.Tensor | None, as_q80: bool = False) -> bytes:
+@dataclass(frozen=True)
+class Payload:
+    """A tensor as a frame carries it: its header fields and its bytes, encoded once for any number of frames."""
+    dtype: str | None
+    shape: list[int] | None
+    data: bytes
+
+
+def encode_payload(tensor: torch.Tensor | None, as_q80: bool = False) -> Payload:
     """as_q80: the tensor travels as q80 blocks (FrameError when it has none: a last dimension not divisible
     by 32, a NaN or infinite value)."""
-    header = dict(header)
     if tensor is None:
-        header["dtype"], header["shape"], payload = None, None, b""
-    elif as_q80:
+        return Payload(None, None, b"")
+    if as_q80:
         try:
-            header["dtype"], header["shape"], payload = "q80", list(tensor.shape), q80.encode(tensor)
+            return Payload("q80", list(tensor.shape), q80.encode(tensor))
         except ValueError as exc:
             raise FrameError(str(exc)) from None
-    else:
-        if tensor.dtype not in DTYPE_NAMES:
-            raise FrameError(f"unsupported dtype {tensor.dtype}")
-        header["dtype"], header["shape"] = DTYPE_NAMES[tensor.dtype], list(tensor.shape)
-        # bfloat16 has no numpy dtype: view the bits as int16 to get the raw bytes without a copy.
-        raw = tensor.detach().contiguous()
-        raw = raw.view(torch.int16) if raw.dtype in (torch.bfloat16, torch.float16) else raw
-        payload = raw.numpy().tobytes()
-    head = json.dumps(header, separators=(",", ":")).encode()
+    if tensor.dtype not in DTYPE_NAMES:
+        raise FrameError(f"unsupported dtype {tensor.dtype}")
+    # bfloat16 has no numpy dtype: view the bits as int16 to get the raw bytes without a copy.
+    raw = tensor.detach().contiguous()
+    raw = raw.view(torch.int16) if raw.dtype in (torch.bfloat16, torch.float16) else raw
+    return Payload(DTYPE_NAMES[tensor.dtype], list(tensor.shape), raw.numpy().tobytes())
+
+
+def frame_with(header: dict, payload: Payload) -> bytes:
+    """A frame of `header` around an already encoded payload."""
+    head = json.dumps({**header, "dtype": payload.dtype, "shape": payload.shape}, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER_BYTES:
         raise FrameError(f"frame header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
-    return _PREFIX.pack(MAGIC, len(head)) + head + payload
+    return _PREFIX.pack(MAGIC, len(head)) + head + payload.data
+
+
+def encode_frame(header: dict, tensor: torch.Tensor | None, as_q80: bool = False) -> bytes:
+    """as_q80: see encode_payload."""
+    return frame_with(header, encode_payload(tensor, as_q80))
 
 
 def decode_frame(data: bytes, max_bytes: int) -> tuple[dict, torch.Tensor | None]:

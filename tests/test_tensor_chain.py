@@ -179,3 +179,43 @@ def test_a_silent_worker_is_named_by_the_sync_it_holds_up(star):
     x = torch.randn(1, 3, HIDDEN)
     out, _ = chain.forward("r5", x, 0, delays())
     assert out.shape == (1, 3, HIDDEN)
+
+
+def contribute_all(rnd, sync: int, partials: list[torch.Tensor]) -> list:
+    """Every rank's partial of one sync from a thread of its own (as the root's data port calls it)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(partials)) as pool:
+        futures = [pool.submit(rnd.contribute, sync, rank, p, time.time_ns()) for rank, p in enumerate(partials)]
+        return [f.result(timeout=10) for f in futures]
+
+
+@pytest.mark.parametrize("as_q80", [False, True])
+def test_each_sum_is_encoded_once_for_every_worker(monkeypatch, as_q80):
+    """The root sums a sync's partials and encodes the sum once (q80 quantises it once, as distributed-llama's
+    sync buffer does), not once per worker it answers."""
+    import backend.tensor_chain as tc
+    from backend.tensor_chain import _Round
+    from common.frame import decode_frame, frame_with
+    calls = []
+    real = tc.encode_payload
+    monkeypatch.setattr(tc, "encode_payload", lambda t, q: calls.append(q) or real(t, q))
+    names = ["worker-1", "worker-2", "worker-3"]
+    delays = TensorStepDelays.from_flat([0.0] * (len(names) * 5 + 1), len(names), 2)  # no delay on any crossing
+    rnd = _Round("r", 0, names, 2, delays, timeout_s=5, as_q80=as_q80)
+    partials = [torch.full((1, 1, 64), float(rank + 1)) for rank in range(len(names))]
+    for sync in range(2):
+        answers = contribute_all(rnd, sync, partials)
+        assert all(a is answers[0] for a in answers)  # one payload, shared
+        _, total = decode_frame(frame_with({"kind": "sum"}, answers[0]), 1 << 20)
+        want = torch.full((1, 1, 64), 6.0)  # 1 + 2 + 3; q80's float16 scale 6/127 rounds it to 5.9996
+        assert torch.allclose(total, want, rtol=1e-3) if as_q80 else torch.equal(total, want)
+    assert calls == [as_q80, as_q80]
+
+
+def test_a_sum_q80_cannot_carry_fails_the_round_naming_the_sync():
+    from backend.tensor_chain import _Round
+    names = ["worker-1", "worker-2"]
+    delays = TensorStepDelays.from_flat([0.0] * (len(names) * 3 + 1), len(names), 1)
+    rnd = _Round("r", 0, names, 1, delays, timeout_s=5, as_q80=True)
+    with pytest.raises(WorkerFailure, match="cannot travel"):
+        contribute_all(rnd, 0, [torch.full((1, 1, 64), float("inf")), torch.zeros(1, 1, 64)])
