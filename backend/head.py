@@ -9,12 +9,11 @@ import torch
 
 from common.cost_model import LayerShape, head_cost
 from common.gemv import linear as gemv_linear
-from common.int4 import Int4Linear, held_bytes
-from common.quantize import quantize_int8, quantized_weight_bytes
 from common.latency import sleep_exactly
 from common.model_info import load_config, model_family
-from common.dtypes import compute_dtype_name, torch_dtype
+from common.dtypes import QUANTIZED, compute_dtype_name, torch_dtype
 from common.profiles import DeviceProfile
+from common.weight_formats import held_weight_bytes, quantize_projections
 from common.weights import WeightIndex
 
 EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
@@ -36,14 +35,14 @@ class HeadModel:
         # int4 / int8: the head in the layers' own format, as distributed-llama's converter writes lm_head in
         # q40: in float32 it is 262 MB of the 0.87 GB a TinyLlama int4 token reads. The float copy is dropped (a tied
         # embedding keeps its own, for lookups).
-        self.quantized_head = quantized_head(head_weight, dtype_name)
-        self.lm_head_weight = None if self.quantized_head is not None else head_weight
+        quantized = quantized_head(head_weight, dtype_name)
+        self.quantized_head = quantized[0] if quantized is not None else None
+        self.lm_head_weight = None if quantized is not None else head_weight
         rms_norm = model_family(self.config).classes().rms_norm
         self.norm = rms_norm(self.config.hidden_size, eps=self.config.rms_norm_eps)
         self.norm.weight = torch.nn.Parameter(tensors[NORM], requires_grad=False)
         self.weight_bytes = sum(t.nbytes for t in tensors.values()) + (
-            quantized_bytes(self.quantized_head, dtype_name) if self.quantized_head is not None
-            else 0 if tied else head_weight.nbytes)
+            held_weight_bytes(quantized, dtype_name) if quantized is not None else 0 if tied else head_weight.nbytes)
 
     @torch.inference_mode()
     def embed(self, token_ids: list[int]) -> torch.Tensor:
@@ -68,21 +67,18 @@ class HeadModel:
         return (gemv_linear if self.gemv else torch.nn.functional.linear)(normed, self.lm_head_weight)
 
 
-def quantized_head(weight: torch.Tensor, dtype_name: str) -> torch.nn.Module | None:
-    """The LM head as the layers hold their projections for int4 (q40-style groups of 32) and int8 (per-row
-    int8, dynamically quantized); None for the float dtypes, which keep the plain weight."""
-    if dtype_name == "int4":
-        with torch.no_grad():
-            return Int4Linear.from_weight(weight)
-    if dtype_name == "int8":
-        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-        return quantize_int8(torch.nn.Sequential(linear))
-    return None
-
-
-def quantized_bytes(head: torch.nn.Module, dtype_name: str) -> int:
-    return held_bytes(head) if dtype_name == "int4" else quantized_weight_bytes(head)
+def quantized_head(weight: torch.Tensor, dtype_name: str) -> torch.nn.Sequential | None:
+    """The LM head quantized as the layers' projections are, for int4 (q40-style groups of 32) and int8
+    (per-row int8, dynamically quantized): a Sequential of that one module (the quantizers replace a
+    module's children); None for the float dtypes, which keep the plain weight."""
+    if dtype_name not in QUANTIZED:
+        return None
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    head = torch.nn.Sequential(linear)
+    with torch.no_grad():
+        quantize_projections(head, dtype_name)
+    return head
 
 
 class ModelledHead:

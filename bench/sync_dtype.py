@@ -113,7 +113,7 @@ def teacher_forced(model, parallelism: str, workers: int, dtype: str, ids: list[
             finally:
                 root.stop()
             normed = head.norm(out.to(head.dtype))
-            top1[sync] = torch.nn.functional.linear(normed, head.lm_head_weight)[0].argmax(dim=-1)
+            top1[sync] = head.project(normed)[0].argmax(dim=-1)
     agree = (top1["float32"] == top1["q80"]).float()
     return {"positions": len(ids), "top1_agreement": float(agree.mean()),
             "first_disagreement": first_difference(top1["float32"].tolist(), top1["q80"].tolist())}

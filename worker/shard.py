@@ -16,12 +16,11 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from common.gemv import use_gemv
-from common.int4 import held_bytes, quantize_int4
 from common.model_info import load_config, model_family
 from common.model_family import import_all
 from common.placement import Shard
 from common.dtypes import torch_dtype
-from common.quantize import quantize_int8, quantized_weight_bytes
+from common.weight_formats import held_weight_bytes, quantize_projections
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names
 
 
@@ -64,22 +63,14 @@ class DecoderSlice:
             state = {k[len(prefix):]: v for k, v in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)
             del tensors, state
-            if dtype_name == "int8":
-                quantize_int8(layer)  # the float32 matrices of this layer are freed here
-            elif dtype_name == "int4":
-                quantize_int4(layer)  # likewise
+            quantize_projections(layer, dtype_name)  # int8 / int4: this layer's float32 matrices are freed here
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.rotary = rotary_embedding(self.config)
         self.hidden_size = self.config.hidden_size
         self.dtype = dtype
-        if dtype_name == "int8":
-            self.weight_bytes = quantized_weight_bytes(self.layers)
-        elif dtype_name == "int4":
-            self.weight_bytes = held_bytes(self.layers)
-        else:
-            self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
+        self.weight_bytes = held_weight_bytes(self.layers, dtype_name)
         release_freed_memory()
 
     @torch.inference_mode()

@@ -36,7 +36,7 @@ from common.gemv import use_gemv
 from common.model_info import load_config, model_family
 from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
-from common.int4 import held_bytes, quantize_int4
+from common.weight_formats import held_weight_bytes, quantize_projections
 from common.weights import WeightIndex, layer_prefix
 
 from .shard import release_freed_memory
@@ -127,16 +127,13 @@ class TensorSlice:
             state = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)  # strict: every tensor present, none extra
             del tensors, state
-            if dtype_name == "int4":
-                quantize_int4(layer)  # this layer's float32 slices are freed here
+            quantize_projections(layer, dtype_name)  # int4: this layer's float32 slices are freed here
             self.layers.append(layer.eval())
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.rotary = rotary_embedding(config)
+        self.weight_bytes = held_weight_bytes(self.layers, dtype_name)
         if dtype_name == "int4":
-            self.weight_bytes = held_bytes(self.layers)
             release_freed_memory()  # the float32 slices before quantization
-        else:
-            self.weight_bytes = sum(p.numel() * p.element_size() for p in self.layers.parameters())
         # No release_freed_memory() for float32 / bfloat16 (DecoderSlice's gc + malloc_trim, ~0.35 s): each
         # slice is copied out of the mmap straight into its final dtype, so no temporary copy was freed.
 
