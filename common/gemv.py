@@ -6,7 +6,8 @@ the same matrix at ~21-27 GB/s (the rate a plain matvec reaches; see bench.pipel
 bfloat16 is the other way round (gemm ~12-24 GB/s, mv ~6 GB/s), so only float32 takes this path.
 
 Same product, other summation order: results differ from `F.linear` in the last bits (~1e-6
-relative). DECODE_GEMV=off keeps the stock kernels, bit for bit what Hugging Face runs.
+relative). DECODE_GEMV=off keeps the stock kernels, bit for bit what Hugging Face runs (the same
+switch chooses the decode attention: common/decode_attention.py).
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .decode_attention import STOCK as STOCK_ATTENTION
 from .model_family import FAMILIES, ModelFamily, UnsupportedModel, family_of
 
 
@@ -24,7 +25,7 @@ def load_config(model_dir: str | Path) -> PretrainedConfig:
     config = AutoConfig.from_pretrained(str(model_dir))
     # Slices are built from bare decoder layers: pick the attention kernel HF generate uses by
     # default, so that both compute the same numbers (eager without a mask would not be causal).
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = STOCK_ATTENTION  # the worker's slices may take common/decode_attention's
     return config
 
 

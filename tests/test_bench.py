@@ -234,3 +234,24 @@ def test_pool_reads_the_pairs_of_a_run_and_refuses_what_has_none(tmp_path):
         pairs_of({"bench": "pipeline"})
     (tmp_path / "table.txt").write_text("only a table\n")
     assert main([str(tmp_path / "table.txt")]) == 2
+
+
+def test_attention_times_both_paths_on_the_same_inputs_and_reports_their_difference(capsys):
+    from bench import attention
+    result = attention.main(["--positions", "1,40", "--dtypes", "float32,bfloat16", "--threads", "1",
+                             "--heads", "8", "--kv-heads", "2", "--rounds", "1", "--calls", "3"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(result))
+    cells = {(c["dtype"], c["positions"]): c for c in result["cells"]}
+    assert set(cells) == {("float32", 1), ("float32", 40), ("bfloat16", 1), ("bfloat16", 40)}
+    for c in cells.values():
+        assert c["stock_us"] > 0 and c["decode_us"] > 0
+        assert c["speedup"] == pytest.approx(c["stock_us"] / c["decode_us"])
+        assert c["saved_per_token_ms"] == pytest.approx((c["stock_us"] - c["decode_us"]) * 22 / 1e3)
+    assert cells["float32", 40]["max_abs_diff"] < 1e-5 and cells["bfloat16", 40]["max_abs_diff"] < 1e-3
+
+
+def test_attention_refuses_heads_that_do_not_group():
+    from bench import attention
+    with pytest.raises(SystemExit) as exc:
+        attention.main(["--heads", "6", "--kv-heads", "4"])
+    assert exc.value.code == 2

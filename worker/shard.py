@@ -5,6 +5,8 @@ dtype float32 | bfloat16 | float16: weights and compute in that dtype.
 dtype int8 | int4: each layer is loaded in float32 and its projections quantized at once (so the
 float32 copy of only one layer exists at a time): int8 by common/quantize.py, int4 (q40-style groups of
 32) by common/int4.py; compute, activations and KV cache stay float32.
+gemv (DECODE_GEMV): float32 one-row products through gemv (common/gemv.py) and one-token attention on
+the key/value heads (common/decode_attention.py); False keeps every stock kernel, bit for bit HF's.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers.cache_utils import DynamicCache
 
+from common import decode_attention
 from common.gemv import use_gemv
 from common.model_info import load_config, model_family
 from common.model_family import import_all
@@ -43,6 +46,7 @@ class DecoderSlice:
     def __init__(self, model_dir: str | Path, shard: Shard, dtype_name: str, gemv: bool = True):
         self.model_dir, self.shard, self.dtype_name = str(model_dir), shard, dtype_name
         self.config = load_config(model_dir)
+        self.config._attn_implementation = decode_attention.implementation(gemv)  # one-token GQA on the kv heads
         decoder_layer, rotary_embedding, _ = model_family(self.config).classes()
         n_layers = self.config.num_hidden_layers
         if not 0 <= shard.start < shard.end <= n_layers:

@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from transformers.cache_utils import DynamicCache
 
+from common import decode_attention
 from common.dtypes import torch_dtype
 from common.gemv import use_gemv
 from common.model_info import load_config, model_family
@@ -104,6 +105,7 @@ class TensorSlice:
         if dtype_name not in SUPPORTED_DTYPES:
             raise ValueError(f"tensor parallelism computes in {' or '.join(SUPPORTED_DTYPES)}, not {dtype_name!r}")
         self.config = config = load_config(model_dir)
+        config._attn_implementation = decode_attention.implementation(gemv)  # one-token GQA on the kv heads
         self.family = model_family(config)
         decoder_layer, rotary_embedding, _ = self.family.classes()
         _check_share(config, share)
