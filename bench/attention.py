@@ -79,9 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         positions = [int(p) for p in args.positions.split(",")]
         threads = [int(t) for t in args.threads.split(",")]
-        dtypes = [DTYPES[d] and d for d in args.dtypes.split(",")]
-    except (ValueError, KeyError) as exc:
-        ap.error(f"bad list: {exc} (dtypes: {', '.join(DTYPES)})")
+    except ValueError as exc:
+        ap.error(f"--positions and --threads take whole numbers: {exc}")
+    dtypes = args.dtypes.split(",")
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        ap.error(f"unknown dtypes {unknown}: choose from {', '.join(DTYPES)}")
     if min(positions) < 1 or min(threads) < 1:
         ap.error("positions and threads must be at least 1")
     rows, cells = [], []
