@@ -30,16 +30,17 @@ class Cluster:
                  return_address: str, control: ControlClient, check_interval_s: float = 1.0,
                  rediscover: Callable[[], list[tuple[str, str]]] | None = None,
                  shares: list[TensorShare] | None = None, devices: list[str] | None = None,
-                 compute: str = "real", sync_dtype: str = "float32"):
+                 compute: str = "real", sync_dtype: str = "float32", sync_topology: str = "star"):
         """rediscover(): the workers' current (name, url), for a swarm whose tasks move between hosts.
         shares: tensor mode, each worker's part of every layer (its partials go to the root).
         devices: the device profile each worker plays, in discovery order (None: each its host share).
         compute: real | modelled (the workers take their layers' modelled time instead of running them).
-        sync_dtype: how the workers send hidden states (SYNC_DTYPE: float32 | q80)."""
+        sync_dtype: how the workers send hidden states (SYNC_DTYPE: float32 | q80).
+        sync_topology: tensor mode, star (partials to the root) | mesh (to each other: each is told every address)."""
         self.placement, self.model_path, self.dtype, self.return_address = placement, model_path, dtype, return_address
         self.order = [name for name, _ in workers]  # discovery order, idle workers included
         self.device_of = dict(zip(self.order, devices or ["host"] * len(workers)))
-        self.compute, self.sync_dtype = compute, sync_dtype
+        self.compute, self.sync_dtype, self.sync_topology = compute, sync_dtype, sync_topology
         self.tensor_shares = shares
         self._place(workers)
         self.control, self.check_interval_s, self.rediscover = control, check_interval_s, rediscover
@@ -59,11 +60,12 @@ class Cluster:
         self.idle = [(name, url) for name, url in workers if name not in busy]
         shares = self.tensor_shares
         self.shares = {w.name: shares[i] for i, w in enumerate(self.specs)} if shares else {}
-        if shares:  # tensor mode: every worker sends its partials to the root
+        if shares:  # tensor mode: every worker sends its partials to the root, or in the mesh to each other
+            peers = tuple(w.address for w in self.specs) if self.sync_topology == "mesh" else ()
             self.assignments = {w.name: LoadAssignment(w.name, i, w.shard, self.dtype, self.model_path,
                                                        self.return_address, share=shares[i],
                                                        device=self.device_of[w.name], compute=self.compute,
-                                                       sync_dtype=self.sync_dtype)
+                                                       sync_dtype=self.sync_dtype, peers=peers)
                                 for i, w in enumerate(self.specs)}
         else:
             self.assignments = {

@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root-device", default="", help="with --compute modelled: the device of the root's LM head")
     ap.add_argument("--parallelism", default="pipeline", choices=["pipeline", "tensor"],
                     help="pipeline: each worker holds a run of layers; tensor: a share of every layer")
+    ap.add_argument("--sync-topology", default="", choices=["", "star", "mesh"],
+                    help="tensor mode's syncs: star (through the root, the default) or mesh (worker to worker)")
     ap.add_argument("--placement", default="", choices=["", "even", "manual", "threads", "memory", "fit"],
                     help="how layers are placed (default: manual with --layer-split, else even)")
     ap.add_argument("--layer-split", default="", help="manual layer counts per worker, like 8,8,6")
@@ -211,7 +213,8 @@ def main(argv=None) -> int:
         ap.error("--workers must be at least 1")
     log_dir = Path(args.logs) if args.logs else None
     extra_env = {"PLACEMENT": args.placement} if args.placement else {}
-    extra_env.update({k: v for k, v in (("COMPUTE", args.compute), ("ROOT_DEVICE", args.root_device)) if v})
+    extra_env.update({k: v for k, v in (("COMPUTE", args.compute), ("ROOT_DEVICE", args.root_device),
+                                        ("SYNC_TOPOLOGY", args.sync_topology)) if v})
     try:
         cluster = LocalCluster(args.model, args.workers, args.threads, args.latency_ms, args.port, args.dtype,
                                args.layer_split, args.seed, extra_env=extra_env, log_dir=log_dir,

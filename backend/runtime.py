@@ -94,7 +94,7 @@ class Runtime:
             cfg = self.head.config
             return tensor_reply_metrics(t0, prompt_tokens, self.links, self.settings.latency_seed, number, names,
                                         cfg.num_hidden_layers, cfg.hidden_size, itemsize, self.settings.compute,
-                                        self.settings.sync_dtype)
+                                        self.settings.sync_dtype, self.settings.sync_topology)
         if self.settings.sync_dtype == "q80":  # the links' bandwidth terms on the bytes q80 frames carry
             delays = Q80Delays(self.links, self.settings.latency_seed, number, itemsize)
         else:
@@ -118,6 +118,8 @@ class Runtime:
             "latency": latency_description(self.settings),
             "parallelism": self.settings.parallelism,
             "sync_dtype": self.settings.sync_dtype,  # how hidden states travel: float32 | q80 (SYNC_DTYPE)
+            # tensor mode's syncs: star (through the root) | mesh (worker to worker), SYNC_TOPOLOGY
+            "sync_topology": self.settings.sync_topology if self.settings.parallelism == "tensor" else None,
             # modelled: the workers and the LM head take their devices' modelled time; no token is real
             "compute": self.settings.compute, "tokens_are_real": self.settings.compute == "real",
             "root_device": self.settings.root_device if self.settings.compute == "modelled" else None,
@@ -220,11 +222,12 @@ def build_runtime(settings: RootSettings, progress: Callable[[str], None] = lamb
     cluster = Cluster(workers, placement, str(model_path), settings.dtype, return_address, control,
                       rediscover=(lambda: swarm_workers(docker, settings.worker_port)) if swarm else None,
                       shares=shares if tensor else None, devices=worker_devices, compute=settings.compute,
-                      sync_dtype=settings.sync_dtype)
+                      sync_dtype=settings.sync_dtype, sync_topology=settings.sync_topology)
     n = len(cluster.specs)
     if tensor:
         chain = TensorChain(cluster.specs, transport, control, config["num_hidden_layers"], config["hidden_size"],
-                            settings.max_frame_bytes, settings.hop_timeout_s, settings.sync_dtype)
+                            settings.max_frame_bytes, settings.hop_timeout_s, settings.sync_dtype,
+                            settings.sync_topology)
         links = links_for(n, settings.link, settings.link_overrides)[:n]  # link i: root <-> worker i+1, both ways
     else:
         chain = Chain(cluster.specs, transport, control, return_address, settings.max_frame_bytes,

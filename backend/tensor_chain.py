@@ -14,9 +14,14 @@ every sync of a step, so two steps interleaved on the workers could each wait fo
 other holds up; serialising them at the root cannot deadlock, and requests in flight take turns
 step by step (a decode step of each in turn, as in pipeline mode's busy ring).
 
+SYNC_TOPOLOGY=mesh: the workers exchange their partials among themselves (worker/mesh_sync.py); the
+root only broadcasts and collects the answers, each worker's TensorRecord carrying what the delays
+added to its syncs and the bytes it exchanged.
+
 Failures: any worker's error or silence fails the round at once; the workers waiting on a sum of
 that round are answered with the failure (naming the worker), so each answers the broadcast quickly
-and the root raises one WorkerFailure naming the worker that failed first.
+and the root raises one WorkerFailure naming the worker that failed first. In the mesh, the root
+sends the workers still in the step a MeshAbort that wakes their waits for the failed one's partials.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from common.frame import FrameError, Payload, decode_frame, encode_frame, encode
 from common.latency import sleep_exactly
 from common.protocol import ProtocolError, StepError
 from common.tensor_links import TensorStepDelays, leg_delays, realized_ms, syncs_per_step
-from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
+from common.tensor_protocol import MeshAbort, SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
 from common.transport import Transport
 from common.reduction import reduce_partials
 
@@ -97,13 +102,15 @@ class _Round:
 
 class TensorChain:
     def __init__(self, workers: list[WorkerSpec], transport: Transport, control: ControlClient, n_layers: int,
-                 hidden_size: int, max_frame_bytes: int, hop_timeout_s: float, sync_dtype: str = "float32"):
+                 hidden_size: int, max_frame_bytes: int, hop_timeout_s: float, sync_dtype: str = "float32",
+                 topology: str = "star"):
         if not workers:
             raise ValueError("tensor mode needs at least one worker")
         self.workers, self.transport, self.control = workers, transport, control
         self.n_syncs, self.hidden_size = syncs_per_step(len(workers), n_layers), hidden_size
         self.max_frame_bytes, self.hop_timeout_s = max_frame_bytes, hop_timeout_s
         self.as_q80 = sync_dtype == "q80"  # the broadcast and the sums as q80 blocks (the workers send q80 partials)
+        self.mesh = topology == "mesh"     # the workers exchange their partials: none comes to `arrive`
         self._names = [w.name for w in workers]
         self._steps = itertools.count()
         self._step_lock = threading.Lock()
@@ -134,6 +141,9 @@ class TensorChain:
                     self._round = None
         records = [a[0] for a in answers]
         out, back_recv_ns, back_bytes = answers[0][1], answers[0][2], answers[0][3]
+        if self.mesh:  # every barrier but the last was a worker's: the slowest worker's view of them
+            rnd.realized_ms = max(r.sync_injected_ms for r in records)
+            rnd.sync_bytes = sum(r.sync_bytes for r in records)
         # The last barrier: every worker's answer (the root waits for all), after the last sum's down link.
         rnd.realized_ms += realized_ms([a[2] for a in answers], leg_delays(delays, self.n_syncs)) + delays.back
         if delays.back > 0:
@@ -150,6 +160,8 @@ class TensorChain:
                        tuple(down[i] for down in d.down)).to_dict(), hidden, self.as_q80), timeout)
             for i in range(len(self.workers))]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        if pending and self.mesh and rnd.failure is not None:  # the others wait on the failed worker's partials
+            self._abort(rnd, [i for i, f in enumerate(futures) if f in pending])
         if pending:  # a failure: the others are answered at once by the failed round; wait for them briefly
             wait(pending, timeout=self.hop_timeout_s)
         if rnd.failure is not None:
@@ -179,11 +191,31 @@ class TensorChain:
         rnd.fail(failure)
         raise failure
 
+    def _abort(self, rnd: _Round, ranks: list[int]) -> None:
+        """Mesh: tell the workers still in the step that it failed, so each answers at once (best effort:
+        a worker that cannot be told answers when its own wait for a partial times out)."""
+        failure = rnd.failure
+        frame = encode_frame(MeshAbort(rnd.request_id, rnd.step, StepError(
+            failure.status, str(failure), failure.worker)).to_dict(), None)
+
+        def tell(i: int) -> None:
+            try:
+                self.transport.peer(self.workers[i].address).call(frame, min(5.0, self.hop_timeout_s))
+            except OSError:
+                pass
+        for i in ranks:
+            threading.Thread(target=tell, args=(i,), name="tensor-abort", daemon=True).start()
+
     def _failure_from(self, err: StepError) -> WorkerFailure:
-        message = err.message
-        if err.failed_next is not None and err.worker:
+        message, worker = err.message, err.worker
+        status = err.status if err.status in (429, 504) else 502
+        if self.mesh and err.failed_next is not None:  # a peer it could not reach, or whose partial never came
+            peer = next((w.name for w in self.workers if w.address == err.failed_next), None)
+            if peer is not None:
+                return WorkerFailure(f"{peer} failed in a sync: {message}", peer, status)
+        elif err.failed_next is not None and err.worker:
             message = f"{err.worker} cannot send its partial to the root at {err.failed_next} ({message})"
-        return WorkerFailure(message, err.worker, err.status if err.status in (429, 504) else 502)
+        return WorkerFailure(message, worker, status)
 
     def arrive(self, frame: bytearray) -> bytes:
         """The root's data port: one worker's partial of one sync, answered with the sum over every worker."""

@@ -70,11 +70,11 @@ class TensorTotals:
 
 def tensor_reply_metrics(t0: float, prompt_tokens: int, links: list[LinkModel], seed: int, request_number: int,
                          names: list[str], n_layers: int, hidden_size: int, itemsize: int,
-                         compute: str = "real", sync_dtype: str = "float32") -> ReplyMetrics:
+                         compute: str = "real", sync_dtype: str = "float32", topology: str = "star") -> ReplyMetrics:
     """A reply's accumulator in tensor mode: its delays drawn per tensor step, its totals as above.
     sync_dtype q80: the partials' and sums' delays are drawn on their q80 bytes (the broadcast's and the
     output's on the compute dtype's, an upper bound for the broadcast: 2 of the 2 + 4 x layers messages)."""
     delays = TensorDelays(links, seed, request_number, n_layers, hidden_size * itemsize,
-                          sync_message_bytes(hidden_size, sync_dtype))
+                          sync_message_bytes(hidden_size, sync_dtype), topology)
     return ReplyMetrics(t0, prompt_tokens, delays, names, [[0, n_layers]] * len(names),
                         totals=TensorTotals(names, n_layers), compute=compute)

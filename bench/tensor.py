@@ -1,8 +1,9 @@
 """python -m bench.tensor: tensor parallelism's speed-up at zero latency, against one worker, in one run.
 
-Per dtype, three local clusters on the same model, threads and prompt, their replies in turn: one
-worker in pipeline mode (no synchronisation at all), one worker in tensor mode (the same compute,
-plus 2 x layers round trips through the root per step), and N workers in tensor mode. Reports decode
+Per dtype, local clusters on the same model, threads and prompt, their replies in turn: one worker in
+pipeline mode (no synchronisation at all; --no-pipeline leaves it out), one worker in tensor mode (the
+same compute, no sync), and N workers in tensor mode for each sync topology asked for (star: 2 x
+layers round trips through the root per step; mesh: the workers exchange their partials). Reports decode
 tok/s and the speed-ups (medians, and the median of the back-to-back ratios), a decode step's parts
 (the slowest worker's compute, the synchronisations' wall time, the root and the rest), and the
 synchronisation time per layer (p50 over decode steps of the slowest worker's time in its syncs).
@@ -19,11 +20,21 @@ from .pipeline import decode_breakdown
 LOGS = REPO / "artifacts" / "bench-logs"
 
 
-def clusters_for(model, dtype: str, threads: int, workers: int):
+def shapes_for(workers: int, topologies: list[str], pipeline: bool = True) -> list[tuple[str, int, str]]:
+    """(parallelism, workers, sync topology) of each cluster, the one-worker tensor baseline first."""
+    return [("tensor", 1, "star")] + ([("pipeline", 1, "star")] if pipeline else []) + \
+        [("tensor", workers, t) for t in topologies]
+
+
+def label(shape: tuple[str, int, str]) -> str:
+    mode, n, topology = shape
+    return f"{mode} x{n}" + (f" {topology}" if mode == "tensor" and n > 1 else "")
+
+
+def clusters_for(model, dtype: str, threads: int, shapes: list[tuple[str, int, str]]):
     from backend.local import LocalCluster
-    shapes = [("pipeline", 1), ("tensor", 1), ("tensor", workers)]
-    return shapes, [LocalCluster(str(model), workers=n, threads=threads, dtype=dtype, parallelism=mode,
-                                 log_dir=LOGS) for mode, n in shapes]
+    return [LocalCluster(str(model), workers=n, threads=threads, dtype=dtype, parallelism=mode,
+                         extra_env={"SYNC_TOPOLOGY": topology}, log_dir=LOGS) for mode, n, topology in shapes]
 
 
 def decode_step(replies: list[dict]) -> dict:
@@ -60,16 +71,19 @@ def paired(a: list[dict], b: list[dict]) -> float:
 
 
 def run_dtype(model, dtype: str, args, prompt: str, n_layers: int) -> dict:
-    shapes, clusters = clusters_for(model, dtype, args.threads, args.workers)
-    runs = interleaved_runs(clusters, prompt, args.tokens, args.repeats, args.warmup, prefill_too=True)
-    labels = [f"{mode} x{n}" for mode, n in shapes]
-    result = {"runs": {label: summarize(replies, n_layers) for label, (replies, _) in zip(labels, runs)}}
-    (pipe, _), (one, _), (many, _) = runs
-    med = {label: r["decode_tok_s"]["median"] for label, r in result["runs"].items()}
-    result["speedup"] = {
-        "vs_tensor_1": {"medians": stats.ratio(med[labels[2]], med[labels[1]]), "pairs": paired(many, one)},
-        "vs_pipeline_1": {"medians": stats.ratio(med[labels[2]], med[labels[0]]), "pairs": paired(many, pipe)},
-    }
+    shapes = shapes_for(args.workers, args.topologies, args.pipeline)
+    runs = interleaved_runs(clusters_for(model, dtype, args.threads, shapes), prompt, args.tokens, args.repeats,
+                            args.warmup, prefill_too=True)
+    labels = [label(s) for s in shapes]
+    replies = {lab: r for lab, (r, _) in zip(labels, runs)}
+    result = {"runs": {lab: summarize(r, n_layers) for lab, r in replies.items()}, "speedup": {}}
+    med = {lab: r["decode_tok_s"]["median"] for lab, r in result["runs"].items()}
+    bases = [lab for lab, s in zip(labels, shapes) if s[1] == 1]
+    for lab, shape in zip(labels, shapes):
+        if shape[1] > 1:  # per topology, against each one-worker baseline
+            result["speedup"][shape[2]] = {
+                f"vs_{base.replace(' x', '_')}": {"medians": stats.ratio(med[lab], med[base]),
+                                                 "pairs": paired(replies[lab], replies[base])} for base in bases}
     return result
 
 
@@ -84,21 +98,30 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1, help="replies sent first and not measured")
+    ap.add_argument("--topologies", default="star,mesh",
+                    help="comma-separated sync topologies of the N-worker cluster: star, mesh")
+    ap.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                    help="leave out the one-worker pipeline cluster (one model copy less in memory)")
     ap.add_argument("--target", type=float, default=1.5, help="the speed-up to reach against 1 worker")
     args = ap.parse_args(argv)
     if args.workers < 2:
         ap.error("--workers must be 2 or more (the baseline is 1 worker)")
+    args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    from common.tensor_protocol import SYNC_TOPOLOGIES
+    if not args.topologies or any(t not in SYNC_TOPOLOGIES for t in args.topologies):
+        ap.error(f"--topologies takes one or more of {', '.join(SYNC_TOPOLOGIES)}")
     quiet_env()
     LOGS.mkdir(parents=True, exist_ok=True)
     model, tokenizer, prompt, prompt_ids = model_and_prompt(args.preset, args.model, args.prompt_tokens)
     from common.model_info import load_config
     n_layers = load_config(model).num_hidden_layers
     result = {"bench": "tensor", "model": model.name, "workers": args.workers, "threads": args.threads,
+              "topologies": args.topologies,
               "tokens": args.tokens, "prompt_tokens": len(prompt_ids), "repeats": args.repeats, "dtypes": {}}
     for dtype in args.dtypes.split(","):
         result["dtypes"][dtype] = run_dtype(model, dtype, args, prompt, n_layers)
-    result["targets"] = {f"speedup_{dtype}_vs_tensor_1": stats.target(r["speedup"]["vs_tensor_1"]["pairs"], args.target)
-                         for dtype, r in result["dtypes"].items()}
+    result["targets"] = {f"speedup_{dtype}_{topology}_vs_tensor_1": stats.target(s["vs_tensor_1"]["pairs"], args.target)
+                         for dtype, r in result["dtypes"].items() for topology, s in r["speedup"].items()}
     report(result, args.target)
     emit(result)
     return 0
@@ -119,9 +142,10 @@ def report(r: dict, target: float) -> None:
     print_table(rows, ["dtype", "cluster", "decode tok/s", "step", "compute (slowest)", "in syncs",
                        "transport", "root+other", "sync/layer p50/p90"])
     for dtype, d in r["dtypes"].items():
-        for base, s in d["speedup"].items():
-            print(f"{dtype}: tensor x{r['workers']} decodes {s['medians']:.2f}x {base.replace('vs_', '').replace('_', ' x')} "
-                  f"(median of back-to-back pairs {s['pairs']:.2f}x)")
+        for topology, against in d["speedup"].items():
+            for base, s in against.items():
+                print(f"{dtype}: tensor x{r['workers']} {topology} decodes {s['medians']:.2f}x "
+                      f"{base.replace('vs_', '').replace('_', ' x')} (median of back-to-back pairs {s['pairs']:.2f}x)")
     for name, t in r["targets"].items():
         print(f"target {name}: {t['value']:.3f} (goal {target}) {'met' if t['met'] else 'NOT met'}")
 

@@ -21,6 +21,7 @@ from .profiles import HOST
 from .profiles import device as device_profile
 from .profiles import network as network_profile
 from .protocol import SYNC_DTYPES
+from .tensor_protocol import SYNC_TOPOLOGIES
 
 MiB = 1024 * 1024
 PARALLELISMS = ("pipeline", "tensor")
@@ -187,6 +188,9 @@ class RootSettings:
     sync_dtype: str = "float32"           # how hidden states travel: float32 (tensor mode's partials and sums in
                                           # float32, pipeline's hops in the compute dtype) | q80: distributed-llama's
                                           # 8-bit blocks, 3.76x fewer bytes than float32 (common/q80.py)
+    sync_topology: str = "star"           # tensor mode's syncs: star (each partial to the root, the sum back: two
+                                          # crossings) | mesh (every worker sends its partial to every other and sums
+                                          # them itself, as distributed-llama's nodes do: one crossing)
     frontend_dir: str = str(Path(__file__).resolve().parent.parent / "frontend")
     secret: SecretSource = field(default_factory=SecretSource)
 
@@ -205,7 +209,7 @@ class RootSettings:
         "RETURN_HOST": ("return_host", _text), "DECODE_GEMV": ("decode_gemv", _switch),
         "FRONTEND_DIR": ("frontend_dir", _text), "DEVICES": ("devices", _names), "NETWORK": ("network", _lower),
         "COMPUTE": ("compute", _lower), "ROOT_DEVICE": ("root_device", _lower),
-        "SYNC_DTYPE": ("sync_dtype", _lower),
+        "SYNC_DTYPE": ("sync_dtype", _lower), "SYNC_TOPOLOGY": ("sync_topology", _lower),
     }
 
     def __post_init__(self):
@@ -224,6 +228,8 @@ class RootSettings:
         check_compute(self.dtype, self.compute)  # q40/q80 only with COMPUTE=modelled
         if self.sync_dtype not in SYNC_DTYPES:
             raise ValueError(f"SYNC_DTYPE must be one of {', '.join(SYNC_DTYPES)}, not {self.sync_dtype!r}")
+        if self.sync_topology not in SYNC_TOPOLOGIES:
+            raise ValueError(f"SYNC_TOPOLOGY must be one of {', '.join(SYNC_TOPOLOGIES)}, not {self.sync_topology!r}")
         for name in self.devices + (self.root_device,):
             if name != HOST:
                 device_profile(name)  # an unknown name is refused here, with the catalog's names

@@ -85,6 +85,9 @@ class LoadAssignment:
     device: str = "host"   # the device profile this worker plays (profiles/devices.yaml); host: its own share
     compute: str = "real"  # real | modelled: the layers are not run, their modelled time is taken
     sync_dtype: str = "float32"  # how this worker sends hidden states (SYNC_DTYPES); read at every step
+    # Tensor mode with SYNC_TOPOLOGY=mesh: every rank's data address, in rank order (this worker's too),
+    # where the partials go instead of the root; empty: the star (partials to next_address).
+    peers: tuple[str, ...] = ()
 
     def holds_same(self, other: "LoadAssignment") -> bool:
         """The same slice in the same place of the chain: only the next hop and the sync dtype may differ
@@ -103,6 +106,8 @@ class LoadAssignment:
             out["compute"] = self.compute
         if self.sync_dtype != "float32":
             out["sync_dtype"] = self.sync_dtype
+        if self.peers:
+            out["peers"] = list(self.peers)
         return out
 
     @classmethod
@@ -118,7 +123,18 @@ class LoadAssignment:
                    dtype=_get(d, "dtype", str, what), model_path=_get(d, "model_path", str, what),
                    next_address=_address(d, "next_address", what), share=_share(d.get("share")),
                    device=_profile_name(d.get("device", "host")), compute=_compute(d.get("compute", "real")),
-                   sync_dtype=_sync_dtype(d.get("sync_dtype", "float32")))
+                   sync_dtype=_sync_dtype(d.get("sync_dtype", "float32")), peers=_peers(d))
+
+
+def _peers(d: dict) -> tuple[str, ...]:
+    """load.peers (mesh): one data address per rank of the share's world."""
+    raw = d.get("peers", [])
+    if not isinstance(raw, list) or len(raw) > MAX_LINKS or not all(isinstance(a, str) and ADDRESS.match(a) for a in raw):
+        raise ProtocolError(f"load.peers must be a list of at most {MAX_LINKS} host:port data addresses")
+    share = d.get("share")
+    if raw and (not isinstance(share, dict) or share.get("world") != len(raw)):
+        raise ProtocolError("load.peers needs a tensor share and one address per rank of its world")
+    return tuple(raw)
 
 
 def _sync_dtype(raw) -> str:

@@ -13,6 +13,10 @@ The links of a step run in parallel: at most, a step is delayed by its drawn cri
 rank's delay hides behind a slow rank's compute. The root measures that (`realized_ms`, per barrier,
 from the arrival times on its own clock) and reports it as the reply's injected_latency_ms. With a fixed delay L
 on every link that is (2 + 4 x layers) x L per step for 2 or more workers (2 x L for one).
+
+SYNC_TOPOLOGY=mesh (the workers exchange their partials, common/tensor_protocol.py): link i is worker
+i+1's link to the others; its partial of sync s reaches every peer up[s][i] late, and down[s] is 0.
+A sync then costs one crossing: (2 + 2 x layers) x L per step with a fixed delay L.
 """
 from __future__ import annotations
 
@@ -45,12 +49,14 @@ class TensorStepDelays:
 
     @classmethod
     def draw(cls, rng: random.Random, links: list[LinkModel], n_syncs: int, hidden_bytes: int,
-             sync_bytes: int) -> "TensorStepDelays":
+             sync_bytes: int, mesh: bool = False) -> "TensorStepDelays":
+        """mesh: a sync is one crossing, worker i+1's partial to every peer on its own link (up); down is 0."""
         broadcast = tuple(sample_delay_ms(rng, link, hidden_bytes) for link in links)
         up, down = [], []
         for _ in range(n_syncs):
             up.append(tuple(sample_delay_ms(rng, link, sync_bytes) for link in links))
-            down.append(tuple(sample_delay_ms(rng, link, sync_bytes) for link in links))
+            down.append(tuple(0.0 for _ in links) if mesh else
+                        tuple(sample_delay_ms(rng, link, sync_bytes) for link in links))
         return cls(broadcast, tuple(up), tuple(down), sample_delay_ms(rng, links[0], hidden_bytes))
 
     def flat(self) -> list[float]:
@@ -108,8 +114,9 @@ class TensorDelays(RequestDelays):
     """A request's delays in tensor mode: draw_step draws a whole step (see the module docstring)."""
 
     def __init__(self, links: list[LinkModel], seed: int, request_number: int, n_layers: int,
-                 hidden_bytes_per_token: int, sync_bytes_per_token: int):
+                 hidden_bytes_per_token: int, sync_bytes_per_token: int, topology: str = "star"):
         super().__init__(links, seed, request_number)
+        self.mesh = topology == "mesh"
         self.n_syncs = syncs_per_step(len(links), n_layers)
         self.hidden_bytes_per_token, self.sync_bytes_per_token = hidden_bytes_per_token, sync_bytes_per_token
         self.steps: list[TensorStepDelays] = []
@@ -117,7 +124,8 @@ class TensorDelays(RequestDelays):
     def draw_step(self, nbytes: int) -> list[float]:
         """nbytes: the step's hidden states, as the engine measures them (its tokens follow from them)."""
         tokens = max(1, nbytes // self.hidden_bytes_per_token)
-        step = TensorStepDelays.draw(self.rng, self.links, self.n_syncs, nbytes, tokens * self.sync_bytes_per_token)
+        step = TensorStepDelays.draw(self.rng, self.links, self.n_syncs, nbytes, tokens * self.sync_bytes_per_token,
+                                     self.mesh)
         self.steps.append(step)
         flat = step.flat()
         self.drawn.append(flat)

@@ -6,7 +6,16 @@ The topology is distributed-llama's: the root is the hub of a star.
         worker --SyncPartial + its partial--> root                  (the request of a data-plane call)
         root --SyncSum + the sum over all workers--> each worker    (its reply, once all N arrived)
     every worker --TensorRecord--> root, worker 1's with the output (the answer to the broadcast call)
-A synchronisation therefore costs two link crossings (worker -> root, root -> worker). Partials and
+A synchronisation therefore costs two link crossings (worker -> root, root -> worker).
+
+SYNC_TOPOLOGY=mesh: the workers exchange their partials directly, as distributed-llama's nodes do
+(src/nn/nn-network.cpp, syncNodeSlices: every node writes its slice to every other node, then each
+adds them up itself). Per sync, for every pair of ranks i < j:
+        worker i --MeshPartial + its partial--> worker j            (the request of a data-plane call)
+        worker j --MeshPartial + its partial--> worker i            (its reply, once j has its own)
+and every worker sums all N partials in rank order (the same float32 sum the root makes in the star).
+A synchronisation costs one link crossing; the root only broadcasts, collects the answers, and on a
+failure tells the others (MeshAbort) so that none waits for a partial that will not come. Partials and
 sums travel as float32 (the issue's default sync dtype), whatever the compute dtype, or with
 SYNC_DTYPE=q80 (LoadAssignment.sync_dtype) as q80 blocks, the broadcast too (common/q80.py).
 
@@ -18,9 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import MAX_DELAY_MS, MAX_LINKS, REQUEST_ID, ProtocolError, _get, _nonneg_int, _number, _optional_number
+from .protocol import (MAX_DELAY_MS, MAX_LINKS, REQUEST_ID, ProtocolError, StepError, _get, _nonneg_int, _number,
+                       _optional_number)
 
 PHASES = ("attention", "mlp")
+SYNC_TOPOLOGIES = ("star", "mesh")  # the root sums (distributed-llama's description) | the workers exchange
 MAX_SYNCS = 1 << 16
 
 
@@ -70,6 +81,12 @@ def _delays(body: dict, key: str, what: str) -> tuple[float, ...]:
     return tuple(float(x) for x in values)
 
 
+def _sync_of(body: dict, what: str) -> dict:
+    """Which partial a frame carries: its request, step, sync and rank, each checked."""
+    return {"request_id": _request_id(body, what), "step": _nonneg_int(body, "step", what),
+            "sync": _nonneg_int(body, "sync", what, MAX_SYNCS), "rank": _nonneg_int(body, "rank", what, MAX_LINKS)}
+
+
 @dataclass(frozen=True)
 class SyncPartial:
     """Worker -> root: this rank's partial (1, T, hidden) of sync `sync` of a step."""
@@ -87,9 +104,7 @@ class SyncPartial:
     def from_dict(cls, d: dict) -> "SyncPartial":
         what = "sync_partial"
         body = _get(d, what, dict, "frame")
-        return cls(request_id=_request_id(body, what), step=_nonneg_int(body, "step", what),
-                   sync=_nonneg_int(body, "sync", what, MAX_SYNCS), rank=_nonneg_int(body, "rank", what, MAX_LINKS),
-                   sent_ns=_nonneg_int(body, "sent_ns", what))
+        return cls(**_sync_of(body, what), sent_ns=_nonneg_int(body, "sent_ns", what))
 
 
 @dataclass(frozen=True)
@@ -121,13 +136,18 @@ class TensorRecord:
     bytes_in: int             # the broadcast frame
     stretch_ms: float = 0.0   # slept after each compute segment to play a slower device (common/stretch.py)
     shortfall_ms: float = 0.0  # how far the real segments alone overran the device's time (host too slow)
+    # mesh: the syncs' frames this worker sent or was answered with (each pair's call counted by its caller),
+    # and what the delays added to its syncs, barrier by barrier on its own clock (the broadcast's included)
+    sync_bytes: int = 0
+    sync_injected_ms: float = 0.0
 
     def to_dict(self) -> dict:
         return {"tensor_record": {"name": self.name, "rank": self.rank, "recv_ns": self.recv_ns,
                                   "sent_ns": self.sent_ns, "delay_ms": self.delay_ms, "compute_ms": self.compute_ms,
                                   "syncs": self.syncs, "sync_ms": self.sync_ms,
                                   "down_transport_ms": self.down_transport_ms, "bytes_in": self.bytes_in,
-                                  "stretch_ms": self.stretch_ms, "shortfall_ms": self.shortfall_ms}}
+                                  "stretch_ms": self.stretch_ms, "shortfall_ms": self.shortfall_ms,
+                                  "sync_bytes": self.sync_bytes, "sync_injected_ms": self.sync_injected_ms}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorRecord":
@@ -141,4 +161,50 @@ class TensorRecord:
                    down_transport_ms=_number(body, "down_transport_ms", what),
                    bytes_in=_nonneg_int(body, "bytes_in", what),
                    stretch_ms=_optional_number(body, "stretch_ms", what),
-                   shortfall_ms=_optional_number(body, "shortfall_ms", what))
+                   shortfall_ms=_optional_number(body, "shortfall_ms", what),
+                   sync_bytes=_nonneg_int(body, "sync_bytes", what) if "sync_bytes" in body else 0,
+                   sync_injected_ms=_optional_number(body, "sync_injected_ms", what))
+
+
+@dataclass(frozen=True)
+class MeshPartial:
+    """Worker -> worker (mesh), the request of a call and its reply: one rank's partial of one sync."""
+    request_id: str
+    step: int
+    sync: int
+    rank: int          # whose partial the frame carries
+    sent_ns: int       # wall clock when its rank handed the frame to the link
+    ready_ns: int      # wall clock when its rank had the partial (a reply may wait for the call to come)
+    slept_ms: float    # what its rank slept since the previous barrier: this sync's link delay (sync 0: and
+                       # the broadcast's), for what the delays added (common/tensor_links.realized_ms)
+
+    def to_dict(self) -> dict:
+        return {"mesh_partial": {"request_id": self.request_id, "step": self.step, "sync": self.sync,
+                                 "rank": self.rank, "sent_ns": self.sent_ns, "ready_ns": self.ready_ns,
+                                 "slept_ms": self.slept_ms}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeshPartial":
+        what = "mesh_partial"
+        body = _get(d, what, dict, "frame")
+        return cls(**_sync_of(body, what), sent_ns=_nonneg_int(body, "sent_ns", what),
+                   ready_ns=_nonneg_int(body, "ready_ns", what),
+                   slept_ms=_number(body, "slept_ms", what, 0, 2 * MAX_DELAY_MS))
+
+
+@dataclass(frozen=True)
+class MeshAbort:
+    """Root -> worker (mesh): the step failed elsewhere; stop waiting for its partials and answer with `error`."""
+    request_id: str
+    step: int
+    error: StepError
+
+    def to_dict(self) -> dict:
+        return {"mesh_abort": {"request_id": self.request_id, "step": self.step, **self.error.to_dict()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeshAbort":
+        what = "mesh_abort"
+        body = _get(d, what, dict, "frame")
+        return cls(request_id=_request_id(body, what), step=_nonneg_int(body, "step", what),
+                   error=StepError.from_dict(body))

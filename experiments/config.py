@@ -8,7 +8,7 @@ layers) or tensor (each worker a share of every layer: README, Tensor parallelis
 modelled (README, Modelled compute: the workers take their devices' modelled time, tokens not real),
 `devices` the DEVICES of the cluster (one profile name for all, or one per node, comma-separated),
 `root_device` its ROOT_DEVICE, `network` a network profile (then `latency_ms` stays unset: the profile
-gives the latency).
+gives the latency), `sync_topology` tensor mode's SYNC_TOPOLOGY (star or mesh).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from common.dtypes import check_compute
 from common.profiles import HOST, ProfileError, devices_for
 from common.profiles import device as device_profile
 from common.profiles import network as network_profile
+from common.tensor_protocol import SYNC_TOPOLOGIES
 
 PARALLELISMS = ("pipeline", "tensor")  # what PARALLELISM accepts (common/config.py)
 COMPUTE_MODES = ("real", "modelled")    # what COMPUTE accepts
@@ -47,6 +48,7 @@ class RunConfig:
     devices: str = ""              # DEVICES: "rpi4b" for all, or "rpi5,rpi5,rpi4b"; "": each its share of the host
     root_device: str = "host"      # ROOT_DEVICE: the device that times the root's LM head in modelled compute
     network: str = ""              # NETWORK profile of every link; "": latency_ms
+    sync_topology: str = "star"    # tensor mode's SYNC_TOPOLOGY: star (through the root) | mesh (worker to worker)
 
     def key(self) -> str:
         """Stable id of a configuration: what results.csv and resuming match on."""
@@ -60,7 +62,8 @@ class RunConfig:
                 + (f"|{self.compute}" if self.compute != "real" else "")
                 + (f"|dev{self.devices}" if self.devices else "")
                 + (f"|root{self.root_device}" if self.root_device != "host" else "")
-                + (f"|net{self.network}" if self.network else ""))
+                + (f"|net{self.network}" if self.network else "")
+                + (f"|{self.sync_topology}" if self.sync_topology != "star" else ""))
 
     def latency_label(self) -> str:
         return f"{self.latency_ms[0]:g}-{self.latency_ms[1]:g} ms"
@@ -109,6 +112,10 @@ def build(values: dict) -> RunConfig:
         raise ValueError(f"dtype {cfg.dtype!r}: this project runs float32 or bfloat16 (q40, q80: compute: modelled)")
     if cfg.parallelism not in PARALLELISMS:
         raise ValueError(f"parallelism {cfg.parallelism!r}: use pipeline or tensor")
+    if cfg.sync_topology not in SYNC_TOPOLOGIES:
+        raise ValueError(f"sync_topology {cfg.sync_topology!r}: use {' or '.join(SYNC_TOPOLOGIES)}")
+    if cfg.sync_topology != "star" and cfg.parallelism != "tensor":
+        raise ValueError(f"sync_topology {cfg.sync_topology!r} is tensor mode's: set parallelism: tensor")
     try:  # unknown names are refused here, with the catalogs' names, before any cluster starts
         devices_for(tuple(n for n in cfg.devices.replace(" ", "").split(",") if n), cfg.nodes)
         for name in (cfg.root_device,) if cfg.root_device != HOST else ():

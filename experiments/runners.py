@@ -34,7 +34,7 @@ def compose_env(cfg: RunConfig, web_port: int) -> dict:
 
 
 def profile_env(cfg: RunConfig) -> dict:
-    """COMPUTE, DEVICES, ROOT_DEVICE and NETWORK for the root, those set only (as MAX_CONTEXT); a named
+    """COMPUTE, DEVICES, ROOT_DEVICE, NETWORK and SYNC_TOPOLOGY for the root, those set only (as MAX_CONTEXT); a named
     network's latency is its own, so the LATENCY_* variables are cleared (an empty variable counts as unset)."""
     env = {}
     if cfg.compute != "real":
@@ -45,6 +45,8 @@ def profile_env(cfg: RunConfig) -> dict:
         env["ROOT_DEVICE"] = cfg.root_device
     if cfg.network:
         env.update(NETWORK=cfg.network, LATENCY_MIN_MS="", LATENCY_MAX_MS="")
+    if cfg.sync_topology != "star":
+        env["SYNC_TOPOLOGY"] = cfg.sync_topology
     return env
 
 

@@ -12,8 +12,10 @@ from worker.app import create_app, serve_data_plane
 class InProcessWorker:
     """Loaded with `assignment` through its own /v1/load, ready when built; `.client` is Flask's test client."""
 
-    def __init__(self, model, assignment: LoadAssignment, secret: str, hop_timeout_s: float = 30.0):
-        self.name, self.port = assignment.name, free_port_pair()
+    def __init__(self, model, assignment: LoadAssignment, secret: str, hop_timeout_s: float = 30.0,
+                 port: int | None = None):
+        """port: one taken beforehand (free_port_pair), for peers that must know the address before it serves."""
+        self.name, self.port = assignment.name, port or free_port_pair()
         self.settings = WorkerSettings(host="127.0.0.1", port=self.port, threads=1, model_roots=(str(model.parent),),
                                        max_frame_bytes=1 << 22, hop_timeout_s=hop_timeout_s,
                                        secret=SecretSource(secret))

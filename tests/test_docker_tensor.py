@@ -18,24 +18,27 @@ N_TOKENS = 16
 LAYERS = 4  # the tiny preset: 4 layers, 4 query heads, 2 key/value heads, intermediate width 176
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+@pytest.fixture(scope="module", params=[("float32", "star"), ("bfloat16", "star"), ("float32", "mesh")],
+                ids=lambda p: "-".join(p))
 def tensor_cluster(request):
-    """Root + 2 tensor-parallel workers through compose (project ddllm-test, port 3001), one dtype per bring-up.
+    """Root + 2 tensor-parallel workers through compose (project ddllm-test, port 3001), one dtype and sync
+    topology per bring-up (mesh: the workers trade their partials over the compose network, not via the root).
 
     The image is the one test_docker.py's compose_cluster builds; built here too when this module runs alone."""
-    dtype = request.param
+    dtype, topology = request.param
     cluster = ComposeCluster("ddllm-test", {"NODES": "2", "MODEL_PRESET": "tiny", "WORKER_CPUS": "1",
                                             "WORKER_MEMORY": "2g", "LATENCY_MIN_MS": "1", "LATENCY_MAX_MS": "2",
-                                            "HOP_TIMEOUT_S": "5", "PARALLELISM": "tensor", "DTYPE": dtype})
+                                            "HOP_TIMEOUT_S": "5", "PARALLELISM": "tensor", "DTYPE": dtype,
+                                            "SYNC_TOPOLOGY": topology})
     cluster.compose("down", "-v", "--remove-orphans", check=False)
     cluster.compose("build")
     cluster.compose("up", "-d")
     try:
         cluster.wait_healthy(600)
-        yield cluster, dtype
+        yield cluster, dtype, topology
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / f"compose-tensor-{dtype}.log").write_text(cluster.compose("logs", "--no-color", check=False).stdout)
+        (ARTIFACTS / f"compose-tensor-{dtype}-{topology}.log").write_text(cluster.compose("logs", "--no-color", check=False).stdout)
         cluster.compose("down", "-v", "--remove-orphans", check=False)
 
 
@@ -52,7 +55,7 @@ def hf_greedy_in_container(cluster, dtype: str) -> list[int]:
 
 
 def test_streamed_greedy_reply_equals_hf_generate_in_tensor_mode(tensor_cluster):
-    cluster, dtype = tensor_cluster
+    cluster, dtype, _ = tensor_cluster
     r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": N_TOKENS}, stream=True,
                       timeout=120)
     events = read_sse(r.iter_lines(decode_unicode=True))
@@ -67,9 +70,10 @@ def test_streamed_greedy_reply_equals_hf_generate_in_tensor_mode(tensor_cluster)
 
 
 def test_the_cluster_says_tensor_and_shows_each_workers_share(tensor_cluster):
-    cluster, dtype = tensor_cluster
+    cluster, dtype, topology = tensor_cluster
     info = requests.get(cluster.url + "/api/cluster").json()
     assert info["parallelism"] == "tensor" and info["model"]["synthetic"] is True and info["model"]["dtype"] == dtype
+    assert info["sync_topology"] == topology
     workers = info["workers"]
     assert [w["name"] for w in workers] == ["worker-1", "worker-2"]
     assert all(w["layers"] == [0, LAYERS] for w in workers)  # every worker holds a share of every layer

@@ -74,6 +74,18 @@ def test_parallelism_is_a_dimension_and_pipeline_keys_stay_as_before():
     assert sc.as_row(tensor)["parallelism"] == "tensor" and sc.RunConfig().parallelism == "pipeline"
 
 
+def test_sync_topology_is_a_tensor_dimension_and_reaches_the_cluster():
+    runs = sc.expand({"defaults": {"parallelism": "tensor", "nodes": 2}, "matrix": {"sync_topology": ["star", "mesh"]}})
+    star, mesh = runs
+    assert star.key() == sc.build({"nodes": 2, "parallelism": "tensor"}).key()  # star keys stay as before
+    assert mesh.key() == star.key() + "|mesh"
+    assert "SYNC_TOPOLOGY" not in compose_env(star, 3001) and compose_env(mesh, 3001)["SYNC_TOPOLOGY"] == "mesh"
+    with pytest.raises(ValueError, match="tensor mode's"):
+        sc.build({"sync_topology": "mesh"})
+    with pytest.raises(ValueError, match="use star or mesh"):
+        sc.build({"parallelism": "tensor", "sync_topology": "ring"})
+
+
 def test_yaml_and_json_files_load_the_same(tmp_path):
     spec = {"title": "t", "defaults": {"model": "tiny", "tokens": 3}, "matrix": {"nodes": [1, 2]}}
     (tmp_path / "s.json").write_text(json.dumps(spec))

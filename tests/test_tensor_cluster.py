@@ -29,10 +29,13 @@ def reference(tiny_model):
     return {dtype: hf_greedy(tiny_model, ids, N_TOKENS, dtype) for dtype in ("float32", "bfloat16")}
 
 
-@pytest.mark.parametrize("workers,dtype", [(1, "float32"), (2, "float32"), (4, "float32"),
-                                           (1, "bfloat16"), (2, "bfloat16"), (4, "bfloat16")])
-def test_greedy_equals_hf_generate(tiny_model, logs_dir, reference, workers, dtype):
-    with start_cluster(tiny_model, logs_dir, workers=workers, dtype=dtype, parallelism="tensor") as cluster:
+@pytest.mark.parametrize("workers,dtype,topology", [
+    (1, "float32", "star"), (2, "float32", "star"), (4, "float32", "star"),
+    (1, "bfloat16", "star"), (2, "bfloat16", "star"), (4, "bfloat16", "star"),
+    (2, "float32", "mesh"), (4, "float32", "mesh"), (2, "bfloat16", "mesh"), (4, "bfloat16", "mesh")])
+def test_greedy_equals_hf_generate(tiny_model, logs_dir, reference, workers, dtype, topology):
+    with start_cluster(tiny_model, logs_dir, workers=workers, dtype=dtype, parallelism="tensor",
+                       extra_env={"SYNC_TOPOLOGY": topology}) as cluster:
         out = generate(cluster.url)
         assert out["token_ids"] == reference[dtype]
         m = out["metrics"]
@@ -42,7 +45,11 @@ def test_greedy_equals_hf_generate(tiny_model, logs_dir, reference, workers, dty
             assert m["sync"]["bytes"] == 0 and m["sync"]["injected_ms"] == 0
         assert [s["name"] for s in m["stages"]] == [f"worker-{i + 1}" for i in range(workers)]
         info = requests.get(cluster.url + "/api/cluster").json()
-        assert info["parallelism"] == "tensor"
+        assert info["parallelism"] == "tensor" and info["sync_topology"] == topology
+        if workers > 1:  # per sync, every pair traded its partials (mesh: a call and its answer), or every
+            # worker's partial went to the root and the sum came back (star); each frame >= 64 float32 values
+            frames = N_TOKENS * 2 * LAYERS * (workers * (workers - 1) if topology == "mesh" else 2 * workers)
+            assert m["sync"]["bytes"] > frames * 64 * 4
         shares = [w["share"] for w in info["workers"]]
         # every head and every MLP column once; 4 workers share 2 KV heads, each held by two of them
         assert [s["q_heads"] for s in shares] == [[i * 4 // workers, (i + 1) * 4 // workers] for i in range(workers)]
@@ -58,6 +65,45 @@ def test_a_worker_count_that_cannot_split_the_heads_is_refused_with_the_valid_on
     with pytest.raises(RuntimeError, match=r"3 workers; valid worker counts for this model: 1, 2, 4"):
         start_cluster(tiny_model, logs_dir, workers=3, parallelism="tensor").stop()
     assert time.monotonic() - started < 120
+
+
+def eight_concurrent_requests_take_turns(cluster, reference) -> None:
+    """8 replies of different lengths at once: each equals HF's, none waits forever on another's syncs."""
+    results, errors = {}, []
+
+    def one(i):
+        try:
+            results[i] = generate(cluster.url, max_tokens=6 + i)
+        except Exception as exc:  # reported below with the others
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors and len(results) == 8
+    for i, out in results.items():
+        assert out["token_ids"] == reference["float32"][:6 + i]
+
+
+def worker_2_fails_and_comes_back(cluster, reference) -> float:
+    """Stops worker-2: the next reply fails naming it; restarted, the cluster answers as HF again. Returns
+    how long the failed reply took to come back, in s."""
+    cluster.stop_process("worker-2")
+    started = time.monotonic()
+    r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 4, "stream": False},
+                      timeout=30)
+    took = time.monotonic() - started
+    assert r.status_code in (502, 503), r.text
+    assert "worker-2" in r.json()["error"]["message"]
+    cluster.start_worker(1)
+    deadline = time.monotonic() + 120
+    while requests.get(cluster.url + "/healthz").status_code != 200:
+        assert time.monotonic() < deadline, requests.get(cluster.url + "/healthz").text
+        time.sleep(0.3)
+    assert generate(cluster.url)["token_ids"] == reference["float32"]
+    return took
 
 
 class TestTwoWorkersWithAFixedLatency:
@@ -93,37 +139,48 @@ class TestTwoWorkersWithAFixedLatency:
         assert "dllm_syncs_total " in prom and "dllm_sync_bytes_total " in prom
 
     def test_eight_concurrent_requests_take_turns_without_deadlock(self, cluster, reference):
-        results, errors = {}, []
-
-        def one(i):
-            try:
-                results[i] = generate(cluster.url, max_tokens=6 + i)
-            except Exception as exc:  # reported below with the others
-                errors.append(repr(exc))
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(180)
-        assert not errors and len(results) == 8
-        for i, out in results.items():
-            assert out["token_ids"] == reference["float32"][:6 + i]
+        eight_concurrent_requests_take_turns(cluster, reference)
         for i in range(2):
             assert cluster.worker_info(i)["caches"] == []  # every request released its caches
 
     def test_a_worker_failure_is_named_and_the_cluster_recovers_after_a_restart(self, cluster, reference):
-        cluster.stop_process("worker-2")
-        r = requests.post(cluster.url + "/api/generate", json={"prompt": PROMPT, "max_tokens": 4, "stream": False},
-                          timeout=30)
-        assert r.status_code in (502, 503), r.text
-        assert "worker-2" in r.json()["error"]["message"]
-        cluster.start_worker(1)
-        deadline = time.monotonic() + 120
-        while requests.get(cluster.url + "/healthz").status_code != 200:
-            assert time.monotonic() < deadline, requests.get(cluster.url + "/healthz").text
-            time.sleep(0.3)
-        assert generate(cluster.url)["token_ids"] == reference["float32"]
+        worker_2_fails_and_comes_back(cluster, reference)
+
+
+class TestMeshWithAFixedLatency:
+    """SYNC_TOPOLOGY=mesh: the workers trade their partials directly, one crossing per sync."""
+    L_MS = 2.0
+
+    @pytest.fixture(scope="class")
+    def cluster(self, tiny_model, logs_dir):
+        c = start_cluster(tiny_model, logs_dir, workers=2, latency_ms=f"{self.L_MS:g},{self.L_MS:g}",
+                          parallelism="tensor", extra_env={"RECOVERY_WAIT_S": "0", "SYNC_TOPOLOGY": "mesh"})
+        yield c
+        c.stop()
+
+    def test_every_sync_crosses_one_link_and_the_metrics_say_so(self, cluster, reference):
+        out = generate(cluster.url)
+        assert out["token_ids"] == reference["float32"]
+        m = out["metrics"]
+        tokens = len(out["token_ids"])
+        # per step: broadcast L + 8 syncs x one crossing L + worker 1's output home L
+        assert m["injected_latency_ms"] == pytest.approx(tokens * (2 + 2 * LAYERS) * self.L_MS, rel=0.05)
+        assert m["sync"]["injected_ms"] == pytest.approx(tokens * 2 * LAYERS * self.L_MS, rel=0.05)
+        assert m["sync"]["drawn_ms"] == pytest.approx(tokens * 2 * LAYERS * self.L_MS)
+        assert m["ttlt_ms"] > m["injected_latency_ms"]
+        # worker 1 called worker 2 with its 64 float32 values and was answered with worker 2's, every sync
+        assert m["sync"]["bytes"] >= tokens * 2 * LAYERS * 2 * 64 * 4
+        assert m["sync"]["per_sync_ms"]["p50"] >= self.L_MS
+        for s in m["stages"]:
+            assert s["sync_ms"] >= tokens * 2 * LAYERS * self.L_MS
+
+    def test_eight_concurrent_requests_take_turns_without_deadlock(self, cluster, reference):
+        eight_concurrent_requests_take_turns(cluster, reference)
+        for i in range(2):
+            assert cluster.worker_info(i)["caches"] == []
+
+    def test_a_worker_failure_is_named_at_once_and_the_cluster_recovers(self, cluster, reference):
+        assert worker_2_fails_and_comes_back(cluster, reference) < 10
 
 
 def test_a_worker_restarted_mid_reply_is_replayed_and_the_reply_completes(tiny_model, logs_dir):

@@ -34,6 +34,7 @@ from common.selfstats import container_stats
 from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
+from .mesh_sync import Exchange
 from .modelled import TENSOR_SLICES, ModelledSlice, ModelledTensorSlice, SliceCost, modelled_slice
 from .played_device import StretchClock, play
 from common.quantize import quantized_engine
@@ -61,6 +62,7 @@ class WorkerState:
         self.slice: DecoderSlice | TensorSlice | ModelledSlice | ModelledTensorSlice | None = None
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
+        self.exchange = Exchange()             # tensor mode's mesh: the partials of the current step
         self.load_lock = threading.Lock()
 
     def load(self, assignment: LoadAssignment) -> None:

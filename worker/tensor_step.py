@@ -1,6 +1,7 @@
 """A worker's part of a tensor-parallel step (common/tensor_protocol.py has the topology).
 
-The root calls every worker's data port with the step's hidden states. The worker sleeps its
+The root calls every worker's data port with the step's hidden states (SYNC_TOPOLOGY=mesh: the
+workers sum among themselves, worker/mesh_sync.py; the rest of this holds for both). The worker sleeps its
 broadcast link's delay, then runs its share of every layer (worker/tensor_slice.py); each of its
 2 x layers partials is the request of a call to the root's data port, whose reply is the sum over
 all workers. The worker sleeps both crossings of a sync (before sending the partial, after
@@ -19,19 +20,12 @@ from common.protocol import ProtocolError, StepError
 from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
 
 from .caches import CacheFull
+from .mesh_sync import MeshSyncs, SyncFailed, mesh_abort, mesh_partial
 from .modelled import TENSOR_SLICES
 
 
-class SyncFailed(Exception):
-    """A synchronisation that did not come back with a sum; carries the StepError to answer with."""
-
-    def __init__(self, error: StepError):
-        super().__init__(error.message)
-        self.error = error
-
-
 class Syncs:
-    """This worker's all-reduce for one step: partial -> the root -> the sum over all workers."""
+    """This worker's all-reduce for one step in the star: partial -> the root -> the sum over all workers."""
 
     def __init__(self, state, step: TensorStep):
         self.state, self.step = state, step
@@ -87,12 +81,20 @@ def _error(status: int, message: str, worker: str | None) -> bytes:
 
 
 def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
-    """The data plane's step in tensor mode: the answer to the root's broadcast call."""
+    """The data plane in tensor mode: the answer to the root's broadcast call, and in the mesh to a lower
+    rank's partial (worker/mesh_sync.py) or to the root's word that a step failed elsewhere."""
     a, sl = state.assignment, state.slice
-    if state.status != "ready" or not isinstance(sl, TENSOR_SLICES) or a is None or a.share is None:
-        return _error(503, f"worker is {state.status}, not ready for a tensor step", a.name if a else None)
     try:
         raw, hidden = decode_frame(data, state.settings.max_frame_bytes)
+    except FrameError as exc:
+        return _error(400, f"bad frame: {exc}", a.name if a else None)
+    if "mesh_abort" in raw:
+        return mesh_abort(state, raw)
+    if state.status != "ready" or not isinstance(sl, TENSOR_SLICES) or a is None or a.share is None:
+        return _error(503, f"worker is {state.status}, not ready for a tensor step", a.name if a else None)
+    if "mesh_partial" in raw:
+        return mesh_partial(state, raw, hidden, recv_ns)
+    try:
         step = TensorStep.from_dict(raw)
         if hidden is None or hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[2] != sl.hidden_size:
             raise FrameError(f"hidden states must have shape (1, T, {sl.hidden_size})")
@@ -100,7 +102,7 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
         return _error(400, f"bad frame: {exc}", a.name)
     if step.delay_ms > 0:
         sleep_exactly(step.delay_ms / 1e3)  # the broadcast link's injected latency
-    syncs = Syncs(state, step)
+    syncs = MeshSyncs(state, step) if a.peers else Syncs(state, step)
     compute_ms = stretch_ms = shortfall_ms = 0.0
     try:
         with state.compute_lock:
@@ -136,6 +138,7 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
     record = TensorRecord(name=a.name, rank=a.share.rank, recv_ns=recv_ns, sent_ns=time.time_ns(),
                           delay_ms=step.delay_ms, compute_ms=compute_ms, syncs=syncs.count, sync_ms=syncs.sync_ms,
                           down_transport_ms=syncs.down_transport_ms, bytes_in=len(data), stretch_ms=stretch_ms,
-                          shortfall_ms=shortfall_ms)
+                          shortfall_ms=shortfall_ms, sync_bytes=getattr(syncs, "sync_bytes", 0),
+                          sync_injected_ms=getattr(syncs, "injected_ms", 0.0))
     # Every worker holds the same output; worker 1's goes home for the LM head.
     return encode_frame(record.to_dict(), out.contiguous() if a.share.rank == 0 else None)
