@@ -23,7 +23,7 @@ from common.config import PARALLELISMS
 from common.dtypes import check_compute
 from common.errors import error_response
 from common.placement import MODES, Placement, PlacementError, parse_counts
-from common.tensor_links import sync_message_bytes, syncs_per_step
+from common.tensor_links import messages_per_sync, sync_message_bytes, syncs_per_step
 from common.tensor_split import TensorShare, tensor_shares, valid_tensor_counts
 
 from .planner import PlacementView
@@ -110,11 +110,13 @@ def tensor_preview(current: PlacementView, args) -> tuple[Placement, dict]:
                      "hidden_size": hidden}
     body["valid_worker_counts"] = valid_tensor_counts(n_heads, n_kv_heads, config["intermediate_size"])
     body["syncs_per_token"] = syncs
-    # Per sync every worker sends its partial and gets the sum back, float32 or SYNC_DTYPE=q80's blocks (tensor
-    # payload only: each frame adds a small JSON header, which the reply's metrics.sync.bytes does count).
-    sync_dtype = planner.settings.sync_dtype
-    body["sync_dtype"] = sync_dtype
-    body["sync_bytes_per_token"] = syncs * len(shares) * 2 * sync_message_bytes(hidden, sync_dtype)
+    # Per sync every worker sends its partial and gets the sum back (star), or every pair trades its partials
+    # (mesh), float32 or SYNC_DTYPE=q80's blocks (tensor payload only: each frame adds a small JSON header,
+    # which the reply's metrics.sync.bytes does count).
+    sync_dtype, topology = planner.settings.sync_dtype, planner.settings.sync_topology
+    body["sync_dtype"], body["sync_topology"] = sync_dtype, topology
+    body["sync_bytes_per_token"] = syncs * messages_per_sync(len(shares), topology) * sync_message_bytes(hidden,
+                                                                                                          sync_dtype)
     body["max_concurrent"] = concurrent
     body["max_context"] = context
     return placement, body

@@ -34,6 +34,14 @@ def sync_message_bytes(hidden_size: int, sync_dtype: str = "float32") -> int:
     return q80.nbytes([hidden_size]) if sync_dtype == "q80" else hidden_size * SYNC_ITEMSIZE
 
 
+def messages_per_sync(n_workers: int, topology: str = "star") -> int:
+    """Partials and sums on the wire in one sync: the star's N partials in and N sums out; the mesh's
+    call and answer for each of its N(N-1)/2 pairs. Two workers: 4 against 2; four: 8 against 12."""
+    if n_workers < 2:
+        return 0
+    return n_workers * (n_workers - 1) if topology == "mesh" else 2 * n_workers
+
+
 def syncs_per_step(n_workers: int, n_layers: int) -> int:
     """2 per layer (after attention, after the MLP); none with one worker, which holds every head and
     the whole MLP width: a single device has nobody to sum with (distributed-llama's 1 node neither)."""

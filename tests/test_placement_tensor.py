@@ -106,6 +106,17 @@ def test_the_preview_counts_q80_syncs_when_the_root_sends_them(tmp_path):
     assert body["sync_bytes_per_token"] == 8 * 2 * 2 * (2 * 34)  # 8 syncs x 2 workers x (partial + sum)
 
 
+@pytest.mark.parametrize("workers,star,mesh", [(2, 4, 2), (4, 8, 12)])
+def test_the_preview_counts_the_mesh_s_messages(tmp_path, workers, star, mesh):
+    """Per sync: the star's partials in and sums out (2N), the mesh's call and answer per pair (N(N-1))."""
+    path, config = model_dir(tmp_path, "tiny")
+    for topology, messages in (("star", star), ("mesh", mesh)):
+        body = preview_client(path, config, workers, sync_topology=topology).get(
+            "/api/placement", query_string={"parallelism": "tensor"}).json
+        assert body["sync_topology"] == topology
+        assert body["sync_bytes_per_token"] == 8 * messages * 64 * 4
+
+
 def test_a_real_shape_matches_the_root_s_own_tensor_plan(tmp_path):
     path, config = model_dir(tmp_path, "llama-3.2-1b")  # 32 heads, 8 KV heads: 8 workers, no replicas
     body = preview_client(path, config, 8).get("/api/placement", query_string={"parallelism": "tensor",

@@ -150,6 +150,14 @@ function latencyText(lat) {
   return `${range} per hop${how.length ? ` (${how.join(", ")})` : ""}`;
 }
 
+// How the cluster splits the model and, in tensor mode, where its synchronisations go (SYNC_TOPOLOGY).
+function parallelismText(c) {
+  const q80 = c.sync_dtype === "q80" ? ", hidden states as q80" : "";
+  if (c.parallelism !== "tensor") return `pipeline (a run of layers per worker)${q80}`;
+  const syncs = c.sync_topology === "mesh" ? "worker to worker (mesh)" : "through the root (star)";
+  return `tensor (a share of every layer), syncs ${syncs}${q80}`;
+}
+
 function renderModelInfo(c) {
   const m = c.model || {};
   const lat = c.latency || {};
@@ -160,6 +168,7 @@ function renderModelInfo(c) {
     ["Path", m.path || "—"],
     ["Dtype", m.dtype || "—"],
     ["Compute", c.compute === "modelled" ? `modelled, not real tokens (LM head on ${c.root_device || "?"})` : "real"],
+    ["Parallelism", parallelismText(c)],
     ["Layers", m.n_layers ?? "—"],
     ["Hidden size", m.hidden_size ?? "—"],
     ["Vocabulary", m.vocab_size ?? "—"],

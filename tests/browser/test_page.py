@@ -35,6 +35,7 @@ def test_cluster_panel_shows_root_two_workers_and_synthetic_banner(local_cluster
     expect(page.locator("#synthetic-banner")).to_contain_text("random")
     expect(page.locator("#model-info")).to_contain_text("Dtype")
     expect(page.locator("#model-info")).to_contain_text("ms per hop")
+    expect(page.locator('#model-info [data-row="Parallelism"]')).to_have_text("pipeline (a run of layers per worker)")
     expect(page.locator("#error")).to_have_text("")
 
 

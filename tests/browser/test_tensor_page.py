@@ -17,7 +17,9 @@ TOKENS = 6  # enough for decode figures (per sync p50), few enough to stay fast
 
 @pytest.fixture(scope="module")
 def tensor_cluster(tiny_model, logs_dir):
-    cluster = start_cluster(tiny_model, logs_dir, workers=2, latency_ms="1,3", parallelism="tensor")
+    # The mesh (the workers trade their partials); the page shows a star's reply the same way.
+    cluster = start_cluster(tiny_model, logs_dir, workers=2, latency_ms="1,3", parallelism="tensor",
+                            extra_env={"SYNC_TOPOLOGY": "mesh"})
     yield cluster
     cluster.stop()
 
@@ -30,6 +32,8 @@ def ms_text(ms: float) -> str:
 @pytest.mark.browser
 def test_tensor_reply_shows_compute_against_synchronisation(tensor_cluster, page):
     pages.open_page(page, tensor_cluster.url, workers=2)
+    expect(page.locator('#model-info [data-row="Parallelism"]')).to_have_text(
+        "tensor (a share of every layer), syncs worker to worker (mesh)")
     assert pages.generate(page, "The capital of France is", TOKENS) == "done"
     metrics = json.loads(pages.export(page, "#export-json"))[-1]["metrics"]
     sync = metrics["sync"]
