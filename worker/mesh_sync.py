@@ -117,18 +117,18 @@ class Exchange:
         now = time.time_ns()
         with self.cond:
             slot = self._slot(key)
-            slot.partials[rank], slot.arrival_ns[rank], slot.slept_ms[rank] = partial, now, slept_ms
+            self._put(slot, key, rank, partial, now, slept_ms, 0.0)
             slot.own = (payload, now, slept_ms)
-            self.cond.notify_all()
         return now
 
     def all(self, key: tuple[str, int, int], world: int, rank: int, timeout_s: float) -> _Slot:
         """Blocks until every rank's partial of the sync is in and each of the `rank` lower ranks' calls has
         its answer built, then forgets the slot. Raises TimeoutError, or SyncFailed when the root aborted.
 
-        Why wait for the answers: torch holds the GIL while it computes, so a call's thread that wakes
-        while this rank's compute goes on may wait a whole switch interval (5 ms) for it, and the caller
-        with it. Waiting here costs the answer's few lines of Python."""
+        Why wait for the answers: so that a call's thread never has to take the GIL back from this rank's
+        compute to send its answer. That was the reason given when it was added; torch releases the GIL
+        inside its ops (checked since), and two benchmark runs, without and with this wait, measured the
+        same mesh sync time (README, Tensor parallelism). It costs the answer's few lines of Python."""
         with self.cond:
             slot = self.slots[key]  # posted by this rank just before
             if not self.cond.wait_for(lambda: (len(slot.partials) == world and slot.answered >= rank)
@@ -175,13 +175,14 @@ class MeshSyncs:
             sleep_exactly(step.up_ms[index] / 1e3)  # this rank's link: its partial reaches every peer late
         slept = step.up_ms[index] + (step.delay_ms if index == 0 else 0.0)
         as_q80 = a.sync_dtype == "q80"
+        own = partial.to(torch.float32)
         try:
-            payload = encode_payload(partial.to(torch.float32), as_q80)
+            payload = encode_payload(own, as_q80)
         except FrameError as exc:
             raise SyncFailed(StepError(502, f"{a.name}: its partial of {sync_label(index)} cannot travel: {exc}",
                                        a.name)) from None
-        # Every rank adds up the partials as they travel, its own too: one sum on every rank.
-        own = q80.decode(payload.data, payload.shape) if as_q80 else partial.to(torch.float32)
+        if as_q80:  # every rank adds up the partials as they travel, its own too: one sum on every rank
+            own = q80.decode(payload.data, payload.shape)
         key = (step.request_id, step.step, index)
         exchange = self.state.exchange
         try:

@@ -33,6 +33,8 @@ class Syncs:
         self.count = 0
         self.sync_ms = 0.0            # wall time in syncs: links, injected delays, waiting for the slowest
         self.down_transport_ms = 0.0
+        self.sync_bytes = 0        # the root counts the star's bytes and what its delays added (MeshSyncs: the worker)
+        self.injected_ms = 0.0
         # The root waits HOP_TIMEOUT_S for the other partials, then answers; its own delays come on top.
         self.timeout_s = 3 * state.settings.hop_timeout_s
 
@@ -138,7 +140,7 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
     record = TensorRecord(name=a.name, rank=a.share.rank, recv_ns=recv_ns, sent_ns=time.time_ns(),
                           delay_ms=step.delay_ms, compute_ms=compute_ms, syncs=syncs.count, sync_ms=syncs.sync_ms,
                           down_transport_ms=syncs.down_transport_ms, bytes_in=len(data), stretch_ms=stretch_ms,
-                          shortfall_ms=shortfall_ms, sync_bytes=getattr(syncs, "sync_bytes", 0),
-                          sync_injected_ms=getattr(syncs, "injected_ms", 0.0))
+                          shortfall_ms=shortfall_ms, sync_bytes=syncs.sync_bytes,
+                          sync_injected_ms=syncs.injected_ms)
     # Every worker holds the same output; worker 1's goes home for the LM head.
     return encode_frame(record.to_dict(), out.contiguous() if a.share.rank == 0 else None)
