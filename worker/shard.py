@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from common import decode_attention
+from common.decode_layer import FastDecode, rows_together
 from common.gemv import use_gemv
 from common.model_info import load_config, model_family
 from common.model_family import import_all
@@ -58,12 +59,14 @@ class DecoderSlice:
         self.layers = torch.nn.ModuleList()
         for local_idx, global_idx in enumerate(range(shard.start, shard.end)):
             names = layer_tensor_names(all_names, global_idx, global_idx + 1)
-            tensors = index.load(names, dtype)
+            prefix = layer_prefix(global_idx)
+            # float32 on gemv: q/k/v and gate/up read into one matrix each, as the fast path multiplies them
+            together = rows_together(prefix) if gemv and dtype_name == "float32" else ()
+            tensors = index.load(names, dtype, together)
             self.loaded_tensor_names += names
             # The local index is the KV cache's layer slot; the cache holds only this slice's layers.
             with torch.device("meta"):
                 layer = decoder_layer(self.config, layer_idx=local_idx)
-            prefix = layer_prefix(global_idx)
             state = {k[len(prefix):]: v for k, v in tensors.items()}
             layer.load_state_dict(state, strict=True, assign=True)
             del tensors, state
@@ -71,6 +74,7 @@ class DecoderSlice:
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
+        self.fast = FastDecode.of(self.layers) if gemv else None  # one token without the modules' glue
         self.rotary = rotary_embedding(self.config)
         self.hidden_size = self.config.hidden_size
         self.dtype = dtype
@@ -86,6 +90,10 @@ class DecoderSlice:
         hidden = hidden.to(self.dtype)
         position_ids = torch.arange(start_pos, start_pos + seq_len).unsqueeze(0)
         position_embeddings = self.rotary(hidden, position_ids)
+        if seq_len == 1 and self.fast is not None:
+            for i in range(len(self.layers)):
+                hidden = self.fast.layer(i, hidden, position_embeddings, cache)
+            return hidden
         for layer in self.layers:
             # attention_mask None: SDPA applies the causal mask itself for T > 1 (as HF generate does).
             hidden = layer(hidden, attention_mask=None, position_ids=position_ids, past_key_values=cache,

@@ -32,6 +32,7 @@ from safetensors import safe_open
 from transformers.cache_utils import DynamicCache
 
 from common import decode_attention
+from common.decode_layer import FastDecode
 from common.dtypes import torch_dtype
 from common.gemv import use_gemv
 from common.model_info import load_config, model_family
@@ -132,6 +133,7 @@ class TensorSlice:
             quantize_projections(layer, dtype_name)  # int4: this layer's float32 slices are freed here
             self.layers.append(layer.eval())
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
+        self.fast = FastDecode.of(self.layers) if gemv else None  # one token without the modules' glue
         self.rotary = rotary_embedding(config)
         self.weight_bytes = held_weight_bytes(self.layers, dtype_name)
         if dtype_name == "int4":
@@ -203,9 +205,11 @@ class TensorSlice:
             # top-left and the keys cropped to the first T, wrong when the queries follow cached keys.
             raise ValueError(f"{seq_len} tokens at position {start_pos}: only a prefill (from 0) may hold "
                              "several tokens; later steps send one token each")
-        block = self.layers[layer]
         if position_embeddings is None:
             position_embeddings = self.position_embeddings(start_pos, seq_len)
+        if seq_len == 1 and self.fast is not None:
+            return self.fast.attention(layer, x.to(self.dtype), position_embeddings, cache)
+        block = self.layers[layer]
         normed = block.input_layernorm(x.to(self.dtype))
         # attention_mask None: SDPA applies the causal mask itself for T > 1 (as HF generate does).
         partial, _ = block.self_attn(hidden_states=normed, position_embeddings=position_embeddings,
@@ -216,6 +220,8 @@ class TensorSlice:
     def mlp_partial(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """h: the full residual stream after attention (1, T, hidden) -> this rank's partial MLP output
         (1, T, hidden): down_proj columns of its ffn range applied to silu(gate) * up of the same range."""
+        if h.shape[1] == 1 and self.fast is not None:
+            return self.fast.mlp(layer, h.to(self.dtype))
         block = self.layers[layer]
         return block.mlp(block.post_attention_layernorm(h.to(self.dtype)))
 
