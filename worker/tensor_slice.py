@@ -32,7 +32,7 @@ from safetensors import safe_open
 from transformers.cache_utils import DynamicCache
 
 from common import decode_attention
-from common.decode_layer import FastDecode
+from common.decode_layer import FastDecode, rows_together
 from common.dtypes import torch_dtype
 from common.gemv import use_gemv
 from common.model_info import load_config, model_family
@@ -123,7 +123,10 @@ class TensorSlice:
         self.layers = torch.nn.ModuleList()
         for layer_index in range(self.n_layers):
             prefix = layer_prefix(layer_index)
-            tensors = self._load_slices(index, {n: part for n, part in wanted.items() if n.startswith(prefix)})
+            # float32 on gemv: this rank's q/k/v rows and gate/up rows read into one matrix each (decode_layer)
+            together = rows_together(prefix) if gemv and dtype_name == "float32" else ()
+            tensors = self._load_slices(index, {n: part for n, part in wanted.items() if n.startswith(prefix)},
+                                        together)
             # layer_idx = the model's layer index: each rank holds every layer, so it is also the KV cache slot.
             with torch.device("meta"):
                 layer = decoder_layer(layer_config, layer_idx=layer_index)
@@ -146,16 +149,18 @@ class TensorSlice:
         plan = share_slices(self.share, self.head_dim, self.family.head_norms)
         return {f"{layer_prefix(i)}{suffix}": part for i in range(self.n_layers) for suffix, part in plan.items()}
 
-    def _load_slices(self, index: WeightIndex, wanted: dict[str, Part]) -> dict[str, torch.Tensor]:
+    def _load_slices(self, index: WeightIndex, wanted: dict[str, Part],
+                     together: tuple[tuple[str, ...], ...] = ()) -> dict[str, torch.Tensor]:
         """The `wanted` parts (one layer's) for this rank, read with get_slice and copied out of the mmap once.
 
         safetensors' get_slice gives a view over the mmapped file; only the copy below materialises
         the slice. A row slice touches exactly its bytes; a column slice (o_proj, down_proj) touches a
         stretch of every row, so the page cache may read the whole matrix from disk (a 4 KB page holds
-        a TinyLlama o_proj row), but this process keeps only its columns.
+        a TinyLlama o_proj row), but this process keeps only its columns. `together`: groups of row parts
+        copied straight into the rows of one matrix each (WeightIndex.load's rows_together).
         """
         full_shapes = self._full_shapes()
-        tensors = {}
+        tensors = self._rows_together(wanted, together)
         for path, names in index.by_file(wanted).items():
             with safe_open(path, framework="pt") as f:
                 for name in names:
@@ -171,10 +176,26 @@ class TensorSlice:
                         piece = view[part[1]:part[2]]
                     else:
                         piece = view[:, part[1]:part[2]]
-                    # One copy, contiguous and owned: nothing of the mmapped file stays referenced.
-                    tensors[name] = piece.to(dtype=self.dtype, memory_format=torch.contiguous_format, copy=True)
+                    if name in tensors:  # its rows of a matrix loaded together
+                        tensors[name].copy_(piece)
+                    else:  # one copy, contiguous and owned: nothing of the mmapped file stays referenced
+                        tensors[name] = piece.to(dtype=self.dtype, memory_format=torch.contiguous_format, copy=True)
                     self.loaded[name] = tuple(tensors[name].shape)
         return tensors
+
+    def _rows_together(self, wanted: dict[str, Part], together) -> dict[str, torch.Tensor]:
+        """Empty matrices for the groups of row parts, and each member's rows of them."""
+        full, views = self._full_shapes(), {}
+        for group in together:
+            if not all(n in wanted and wanted[n] is not None and wanted[n][0] == 0 for n in group):
+                continue  # only row parts stack as rows
+            rows = [wanted[n][2] - wanted[n][1] for n in group]
+            whole = torch.empty(sum(rows), full[group[0].split(".", 3)[3]][1], dtype=self.dtype)
+            start = 0
+            for n, r in zip(group, rows):
+                views[n] = whole[start:start + r]
+                start += r
+        return views
 
     def _full_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
