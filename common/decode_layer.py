@@ -8,8 +8,9 @@ runs the same ops on the same tensors for one token, in the order the stock modu
 result is the stock module's, bit for bit (tested against the stock layer, DECODE_GEMV on):
     x -> input_layernorm -> q/k/v -> (Qwen3: q_norm, k_norm) -> RoPE -> KV cache -> attention -> o_proj
     h -> post_attention_layernorm -> act(gate) * up -> down_proj
-Float32 layers on gemv (common/gemv.py) also hold q/k/v as one matrix and gate/up as another (the
-modules keep views into them, so nothing is held twice): 4 gemv calls a layer instead of 7. Each output
+Float32 layers on gemv (common/gemv.py) are read with q/k/v as one matrix and gate/up as another
+(`rows_together`; the modules hold views into them, so nothing is held twice): 4 gemv calls a layer
+instead of 7. Each output
 row is the same dot product either way (tested equal).
 
 Only one token, and only a layer whose shape this knows (Llama, Qwen3 without a sliding window);
@@ -47,32 +48,20 @@ ROWS_TOGETHER = (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_at
                  ("mlp.gate_proj.weight", "mlp.up_proj.weight"))  # a layer's matrices multiplied as one
 
 
-def rows_together(prefix: str) -> tuple[tuple[str, ...], ...]:
-    """A layer's groups for WeightIndex.load(rows_together=...): loaded as one matrix each, nothing to copy here."""
+def rows_together(prefix: str, dtype_name: str, gemv: bool) -> tuple[tuple[str, ...], ...]:
+    """A layer's groups for the loaders (WeightIndex.load's rows_together): float32 on gemv multiplies each
+    group as one matrix, so it is read as one; other dtypes keep their own modules (none)."""
+    if not (gemv and dtype_name == "float32"):
+        return ()
     return tuple(tuple(prefix + name for name in group) for group in ROWS_TOGETHER)
 
 
 def _fused(modules: list[torch.nn.Module]) -> torch.Tensor | None:
-    """One float32 matrix of the modules' rows; None when they are not all float32 gemv linears (bfloat16,
-    int8, int4 keep their own modules). Rows loaded together (`rows_together`) are that matrix already;
-    otherwise it is made here and the modules' weights become views into it, so nothing is held twice."""
+    """The float32 matrix whose consecutive rows the modules' weights are (read so by `rows_together`), as a
+    view; None when they are not all float32 gemv linears held that way (the modules are then called)."""
     if not all(type(m) is GemvLinear and m.weight.dtype == torch.float32 for m in modules):
         return None
     weights = [m.weight.detach() for m in modules]
-    whole = _one_matrix(weights)
-    if whole is not None:
-        return whole
-    whole = torch.cat(weights).contiguous()  # a transient copy of the group: load them together to avoid it
-    start = 0
-    for m in modules:
-        rows = m.weight.shape[0]
-        m.weight = torch.nn.Parameter(whole[start:start + rows], requires_grad=False)
-        start += rows
-    return whole
-
-
-def _one_matrix(weights: list[torch.Tensor]) -> torch.Tensor | None:
-    """The matrix whose consecutive rows these weights are, as a view; None when they are not."""
     first, offset = weights[0], weights[0].storage_offset()
     for w in weights:
         if (not w.is_contiguous() or w.shape[1] != first.shape[1] or w.storage_offset() != offset

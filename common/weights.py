@@ -71,12 +71,18 @@ class WeightIndex:
             if any(len(shapes[n]) != 2 for n in group) or len({shapes[n][1] for n in group}) != 1:
                 raise ValueError(f"{list(group)} are not matrices with one column count: "
                                  f"{[shapes[n] for n in group]}")
-            whole = torch.empty(sum(shapes[n][0] for n in group), shapes[group[0]][1], dtype=dtype)
-            start = 0
-            for n in group:
-                views[n] = whole[start:start + shapes[n][0]]
-                start += shapes[n][0]
+            views.update(stacked_rows({n: shapes[n][0] for n in group}, shapes[group[0]][1], dtype))
         return views
+
+
+def stacked_rows(rows: dict[str, int], cols: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One empty (sum of rows, cols) matrix, and each name's rows of it in order (views)."""
+    whole = torch.empty(sum(rows.values()), cols, dtype=dtype)
+    views, start = {}, 0
+    for name, count in rows.items():
+        views[name] = whole[start:start + count]
+        start += count
+    return views
 
 
 def layer_prefix(index: int) -> str:

@@ -93,13 +93,14 @@ def test_rows_loaded_together_are_one_matrix_with_each_tensor_s_values(tiny_mode
     from common.decode_layer import rows_together
     index = WeightIndex(tiny_model)
     names = [n for n in index.names() if n.startswith("model.layers.0.")]
-    together = index.load(names, torch.float32, rows_together("model.layers.0."))
+    together = index.load(names, torch.float32, rows_together("model.layers.0.", "float32", True))
     apart = index.load(names, torch.float32)
     assert all(torch.equal(together[n], apart[n]) for n in names)
     q, k, v = (together[f"model.layers.0.self_attn.{p}_proj.weight"] for p in "qkv")
     assert k.data_ptr() == q.data_ptr() + q.numel() * 4 and v.data_ptr() == k.data_ptr() + k.numel() * 4
     assert together["model.layers.0.mlp.up_proj.weight"].untyped_storage().data_ptr() == \
         together["model.layers.0.mlp.gate_proj.weight"].untyped_storage().data_ptr()
+    assert rows_together("p.", "bfloat16", True) == () == rows_together("p.", "float32", False)
     with pytest.raises(ValueError, match="not matrices with one column count"):
         index.load(names, torch.float32, (("model.layers.0.self_attn.q_proj.weight",
                                            "model.layers.0.mlp.down_proj.weight"),))

@@ -60,9 +60,7 @@ class DecoderSlice:
         for local_idx, global_idx in enumerate(range(shard.start, shard.end)):
             names = layer_tensor_names(all_names, global_idx, global_idx + 1)
             prefix = layer_prefix(global_idx)
-            # float32 on gemv: q/k/v and gate/up read into one matrix each, as the fast path multiplies them
-            together = rows_together(prefix) if gemv and dtype_name == "float32" else ()
-            tensors = index.load(names, dtype, together)
+            tensors = index.load(names, dtype, rows_together(prefix, dtype_name, gemv))  # q/k/v, gate/up: one matrix each
             self.loaded_tensor_names += names
             # The local index is the KV cache's layer slot; the cache holds only this slice's layers.
             with torch.device("meta"):

@@ -39,7 +39,7 @@ from common.model_info import load_config, model_family
 from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
 from common.weight_formats import held_weight_bytes, quantize_projections
-from common.weights import WeightIndex, layer_prefix
+from common.weights import WeightIndex, layer_prefix, stacked_rows
 
 from .shard import release_freed_memory
 
@@ -123,8 +123,7 @@ class TensorSlice:
         self.layers = torch.nn.ModuleList()
         for layer_index in range(self.n_layers):
             prefix = layer_prefix(layer_index)
-            # float32 on gemv: this rank's q/k/v rows and gate/up rows read into one matrix each (decode_layer)
-            together = rows_together(prefix) if gemv and dtype_name == "float32" else ()
+            together = rows_together(prefix, dtype_name, gemv)  # this rank's q/k/v rows, gate/up rows: one matrix each
             tensors = self._load_slices(index, {n: part for n, part in wanted.items() if n.startswith(prefix)},
                                         together)
             # layer_idx = the model's layer index: each rank holds every layer, so it is also the KV cache slot.
@@ -189,12 +188,8 @@ class TensorSlice:
         for group in together:
             if not all(n in wanted and wanted[n] is not None and wanted[n][0] == 0 for n in group):
                 continue  # only row parts stack as rows
-            rows = [wanted[n][2] - wanted[n][1] for n in group]
-            whole = torch.empty(sum(rows), full[group[0].split(".", 3)[3]][1], dtype=self.dtype)
-            start = 0
-            for n, r in zip(group, rows):
-                views[n] = whole[start:start + r]
-                start += r
+            views.update(stacked_rows({n: wanted[n][2] - wanted[n][1] for n in group},
+                                      full[group[0].split(".", 3)[3]][1], self.dtype))
         return views
 
     def _full_shapes(self) -> dict[str, tuple[int, ...]]:
