@@ -114,6 +114,8 @@ class WorkerSettings:
     memory_limit_bytes: int | None = None  # declared device memory (MEMORY_LIMIT_MB): a smaller device
                                            # than its cgroup, or a limit for a local process that has none
     decode_gemv: bool = True               # float32 one-row products through gemv (common/gemv.py)
+    sync_spin_ms: float = 2.0              # mesh: poll the links this long before sleeping on them, as distributed-
+                                           # llama's nodes spin: a sleeping vCPU woke ~0.4 ms late (worker/mesh_links.py)
     play_clock: str = "profile"            # a played device's computes last: profile, the cost model's time for
                                            # the device | cpu, their CPU time x the measured factor (common/stretch.py)
     secret: SecretSource = field(default_factory=SecretSource)  # none: open (one-process tests, tools)
@@ -124,9 +126,12 @@ class WorkerSettings:
         "MAX_CACHES": ("max_caches", _int), "CACHE_TTL_S": ("cache_ttl_s", _float),
         "HOP_TIMEOUT_S": ("hop_timeout_s", _float), "MEMORY_LIMIT_MB": ("memory_limit_bytes", _mib),
         "DECODE_GEMV": ("decode_gemv", _switch), "PLAY_CLOCK": ("play_clock", _lower),
+        "SYNC_SPIN_MS": ("sync_spin_ms", _float),
     }
 
     def __post_init__(self):
+        if not 0 <= self.sync_spin_ms <= 1000:
+            raise ValueError(f"SYNC_SPIN_MS must be between 0 and 1000, not {self.sync_spin_ms}")
         if self.play_clock not in PLAY_CLOCKS:
             raise ValueError(f"PLAY_CLOCK must be one of {', '.join(PLAY_CLOCKS)}, not {self.play_clock!r}")
 

@@ -10,9 +10,11 @@ A synchronisation therefore costs two link crossings (worker -> root, root -> wo
 
 SYNC_TOPOLOGY=mesh: the workers exchange their partials directly, as distributed-llama's nodes do
 (src/nn/nn-network.cpp, syncNodeSlices: every node writes its slice to every other node, then each
-adds them up itself). Per sync, for every pair of ranks i < j:
-        worker i --MeshPartial + its partial--> worker j            (the request of a data-plane call)
-        worker j --MeshPartial + its partial--> worker i            (its reply, once j has its own)
+adds them up itself). Every pair of ranks i < j keeps one connection open, both ways: worker i opens it
+on worker j's data port with a MeshLink, and j's answer hands it to j's compute (worker/mesh_links.py).
+Per sync, on every link, both ways at once:
+        worker i --MeshPartial + its partial--> worker j            (written, never answered)
+        worker j --MeshPartial + its partial--> worker i
 and every worker sums all N partials in rank order (the same float32 sum the root makes in the star).
 A synchronisation costs one link crossing; the root only broadcasts, collects the answers, and on a
 failure tells the others (MeshAbort) so that none waits for a partial that will not come. Partials and
@@ -168,13 +170,13 @@ class TensorRecord:
 
 @dataclass(frozen=True)
 class MeshPartial:
-    """Worker -> worker (mesh), the request of a call and its reply: one rank's partial of one sync."""
+    """Worker -> worker (mesh), on the pair's link, never answered: one rank's partial of one sync."""
     request_id: str
     step: int
     sync: int
     rank: int          # whose partial the frame carries
     sent_ns: int       # wall clock when its rank handed the frame to the link
-    ready_ns: int      # wall clock when its rank had the partial (a reply may wait for the call to come)
+    ready_ns: int      # wall clock when its rank had the partial (on a link it leaves at once: sent_ns)
     slept_ms: float    # what its rank slept since the previous barrier: this sync's link delay (sync 0: and
                        # the broadcast's), for what the delays added (common/tensor_links.realized_ms)
 
@@ -190,6 +192,26 @@ class MeshPartial:
         return cls(**_sync_of(body, what), sent_ns=_nonneg_int(body, "sent_ns", what),
                    ready_ns=_nonneg_int(body, "ready_ns", what),
                    slept_ms=_number(body, "slept_ms", what, 0, 2 * MAX_DELAY_MS))
+
+
+@dataclass(frozen=True)
+class MeshLink:
+    """Worker i -> worker j > i (mesh): make this connection the pair's link; j answers with a MeshLink of its
+    own (or a StepError), then both sides write their partials on it and read the other's."""
+    rank: int   # the sender's rank
+    world: int  # the sender's world: both ends must be of one share
+
+    def to_dict(self) -> dict:
+        return {"mesh_link": {"rank": self.rank, "world": self.world}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeshLink":
+        body = _get(d, "mesh_link", dict, "frame")
+        world = _nonneg_int(body, "world", "mesh_link", MAX_LINKS + 1)
+        rank = _nonneg_int(body, "rank", "mesh_link", MAX_LINKS)
+        if not rank < world:
+            raise ProtocolError(f"mesh_link.rank {rank} is not a rank of a world of {world}")
+        return cls(rank, world)
 
 
 @dataclass(frozen=True)

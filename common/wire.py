@@ -16,6 +16,8 @@ import socket
 import socketserver
 import struct
 import threading
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from .frame import FrameError, encode_frame
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wire")
 _LEN = struct.Struct("<I")
+LENGTH = _LEN  # the u32 before every message: worker/mesh_links.py reads and writes messages itself
 DATA_PORT_OFFSET = 1
 HELLO = b"DLMH"  # the first message of a connection when the cluster has a secret: HELLO + secret
 
@@ -73,6 +76,24 @@ def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def open_stream(address: tuple[str, int], timeout: float, secret: "SecretSource | None" = None) -> socket.socket:
+    """A new connection to a data port, Nagle off, past the HELLO when the cluster has a secret."""
+    sock = socket.create_connection(address, timeout=min(timeout, 10.0))
+    _tune(sock)
+    value = secret.current() if secret is not None else None
+    if value is not None:
+        write_message(sock, hello_message(value))
+    return sock
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """A handler's reply that also takes the connection over: the server writes `reply`, then hands the
+    socket to `take` and stops reading it (worker/mesh_links.py: a peer's kept-open link)."""
+    reply: bytes
+    take: Callable[[socket.socket], None]
+
+
 class StreamClient:
     """One kept-open connection per calling thread to one peer's data port.
 
@@ -100,12 +121,7 @@ class StreamClient:
             self.close()
             sock = None
         if sock is None:
-            sock = socket.create_connection(self.address, timeout=min(timeout, 10.0))
-            _tune(sock)
-            value = self.secret.current() if self.secret is not None else None
-            if value is not None:
-                write_message(sock, hello_message(value))
-            self._local.sock = sock
+            sock = self._local.sock = open_stream(self.address, timeout, self.secret)
         return sock
 
     def close(self) -> None:
@@ -125,13 +141,15 @@ def _dropped(sock: socket.socket) -> bool:
 
 
 class StreamServer:
-    """Serve `handle(frame) -> reply frame` on a TCP port, a thread per connection, a bounded number of them."""
+    """Serve `handle(frame) -> reply frame (or Adopt)` on a TCP port, a thread per connection, a bounded number of them."""
 
-    def __init__(self, host: str, port: int, handle: Callable[[bytearray], bytes], max_bytes: int,
+    def __init__(self, host: str, port: int, handle: Callable[[bytearray], "bytes | Adopt"], max_bytes: int,
                  max_connections: int = 64, secret: "SecretSource | None" = None):
         self.handle, self.max_bytes, self.secret = handle, max_bytes, secret
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._open: set[socket.socket] = set()
+        # weak: an adopted link stays here (stop() cuts it) until its new owner closes and drops it
+        self._open: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+        self._adopted: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._open_lock = threading.Lock()
         outer = self
 
@@ -153,6 +171,10 @@ class StreamServer:
                     return
                 super().process_request(request, client_address)
 
+            def shutdown_request(self, request):
+                if request not in outer._adopted:  # an adopted link is its new owner's to close
+                    super().shutdown_request(request)
+
             def process_request_thread(self, request, client_address):
                 try:
                     super().process_request_thread(request, client_address)
@@ -166,11 +188,15 @@ class StreamServer:
         _tune(sock)
         with self._open_lock:
             self._open.add(sock)
+        adopted = False
         try:
-            self._exchange(sock)
+            adopted = self._exchange(sock)
         finally:
             with self._open_lock:
-                self._open.discard(sock)
+                if adopted:  # it stays in _open: stop() cuts it, as a process that exits would
+                    self._adopted.add(sock)
+                else:
+                    self._open.discard(sock)
 
     def _admitted(self, sock: socket.socket) -> bool:
         """Without a secret every peer is admitted; with one, only a peer whose first message proves it."""
@@ -190,9 +216,10 @@ class StreamServer:
             pass
         return False
 
-    def _exchange(self, sock: socket.socket) -> None:
+    def _exchange(self, sock: socket.socket) -> bool:
+        """Serves the connection until it closes (False) or a handler adopts it (True)."""
         if not self._admitted(sock):
-            return
+            return False
         while True:
             try:
                 frame = read_message(sock, self.max_bytes)
@@ -201,18 +228,22 @@ class StreamServer:
                     write_message(sock, error_frame(400, str(exc)))
                 except OSError:
                     pass
-                return
+                return False
             except OSError:  # closed or reset by the peer: nothing to answer
-                return
+                return False
             try:
                 reply = self.handle(frame)
             except Exception as exc:  # the handler maps expected failures itself; this is the last guard
                 log.exception("data plane handler failed")
                 reply = error_frame(500, f"{type(exc).__name__}: {exc}")
+            adopt = reply if isinstance(reply, Adopt) else None
             try:
-                write_message(sock, reply)
+                write_message(sock, adopt.reply if adopt else reply)
             except OSError:
-                return
+                return False
+            if adopt is not None:
+                adopt.take(sock)
+                return True
 
     def start(self) -> "StreamServer":
         threading.Thread(target=self.server.serve_forever, name="data-plane", daemon=True).start()
@@ -223,7 +254,7 @@ class StreamServer:
         self.server.shutdown()
         self.server.server_close()
         with self._open_lock:
-            for sock in self._open:
+            for sock in list(self._open):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:

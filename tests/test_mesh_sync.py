@@ -1,5 +1,7 @@
 """SYNC_TOPOLOGY=mesh on real sockets in one process: workers exchange their partials with each other
-(worker/mesh_sync.py), the root's TensorChain only broadcasts; the mailbox's rules; the frames."""
+(worker/mesh_sync.py over worker/mesh_links.py), the root's TensorChain only broadcasts; the links' rules on
+socket pairs; the frames."""
+import socket
 import threading
 import time
 
@@ -11,15 +13,15 @@ from backend.control import ControlClient
 from backend.local import free_port_pair
 from backend.tensor_chain import TensorChain
 from common.auth import SecretSource
-from common.frame import encode_payload
+from common.frame import encode_payload, frame_with
 from common.latency import LinkModel
 from common.placement import Shard
 from common.protocol import LoadAssignment, ProtocolError, StepError
 from common.tensor_links import TensorDelays, TensorStepDelays
-from common.tensor_protocol import MeshAbort, MeshPartial, TensorRecord
+from common.tensor_protocol import MeshAbort, MeshLink, MeshPartial, TensorRecord
 from common.tensor_split import tensor_shares
 from common.transport import TcpTransport, data_port
-from worker.mesh_sync import Exchange, SyncFailed
+from worker.mesh_links import MeshLinks, SyncFailed
 
 from .inprocess import InProcessWorker
 from .test_tensor_chain import HIDDEN, LAYERS, SECRET, delays, stock_layers
@@ -174,81 +176,149 @@ def test_a_worker_that_cannot_take_the_step_fails_it_on_every_rank_at_once(mesh)
     assert failure.value.worker == "worker-1" and "out of step" in str(failure.value)
     assert time.monotonic() - started < 2  # the others were told at once, not left to time out
     for w in workers[1:]:
-        assert w.app.extensions["worker_state"].exchange.failed  # each heard of it
+        assert w.app.extensions["worker_state"].mesh.failed  # each heard of it
 
 
-# ---- the mailbox, without sockets ----
+# ---- the links, on socket pairs ----
 
-def test_a_rank_sending_twice_or_too_many_syncs_at_once_is_refused():
-    ex = Exchange()
-    ex.put(("r", 0, 0), 1, torch.zeros(1), 0, 0.0, 0.0)
-    with pytest.raises(ProtocolError, match="twice"):
-        ex.put(("r", 0, 0), 1, torch.zeros(1), 0, 0.0, 0.0)
-    for sync in range(1, 8):
-        ex.put(("r", 0, sync), 1, torch.zeros(1), 0, 0.0, 0.0)
-    with pytest.raises(ProtocolError, match="more than 8 syncs"):
-        ex.put(("r", 0, 8), 1, torch.zeros(1), 0, 0.0, 0.0)
+PEERS = ("127.0.0.1:1", "127.0.0.1:2")
 
 
-def test_an_abort_wakes_a_rank_waiting_for_partials_and_a_call_waiting_for_its_answer():
-    ex = Exchange()
-    key = ("r", 3, 0)
-    ex.post(key, 0, torch.zeros(1), encode_payload(torch.zeros(1)), 0.0)
+def linked_pair(spin_s: float = 0.0) -> tuple[MeshLinks, MeshLinks]:
+    a, b = MeshLinks(1 << 24, spin_s=spin_s), MeshLinks(1 << 24, spin_s=spin_s)
+    s0, s1 = socket.socketpair()
+    a.adopt(1, s0)
+    b.adopt(0, s1)
+    return a, b
+
+
+def partial_frame(key, rank: int, tensor: torch.Tensor, slept_ms: float = 0.0) -> bytes:
+    now = time.time_ns()
+    return frame_with(MeshPartial(key[0], key[1], key[2], rank, now, now, slept_ms).to_dict(), encode_payload(tensor))
+
+
+def both(a: MeshLinks, b: MeshLinks, key, x0: torch.Tensor, x1: torch.Tensor, timeout_s: float = 5):
+    """Ranks 0 and 1 trade x0 and x1 at once, as two workers' compute threads do."""
+    got = {}
+
+    def rank1():
+        got[1] = b.exchange(key, 1, PEERS, partial_frame(key, 1, x1), "worker-2", timeout_s)
+    t = threading.Thread(target=rank1)
+    t.start()
+    got[0] = a.exchange(key, 0, PEERS, partial_frame(key, 0, x0), "worker-1", timeout_s)
+    t.join(timeout_s + 1)
+    return got[0][1], got[1][0]
+
+
+@pytest.mark.parametrize("spin_s", [0.0, 0.002], ids=["asleep", "polling"])
+def test_two_ranks_trade_partials_both_ways_even_larger_than_their_socket_buffers(spin_s):
+    a, b = linked_pair(spin_s)
+    x0, x1 = torch.randn(1, 3, HIDDEN), torch.randn(1, 3, HIDDEN)
+    from_1, from_0 = both(a, b, ("r", 0, 0), x0, x1)
+    assert torch.equal(from_1.partial, x1) and torch.equal(from_0.partial, x0)
+    assert from_1.header.rank == 1 and from_0.header.rank == 0
+    big0, big1 = torch.randn(1, 8192, HIDDEN), torch.randn(1, 8192, HIDDEN)  # 2 MB each way at once
+    from_1, from_0 = both(a, b, ("r", 0, 1), big0, big1)
+    assert torch.equal(from_1.partial, big1) and torch.equal(from_0.partial, big0)
+
+
+def test_a_frame_of_another_step_is_kept_aside_and_dropped_when_a_new_step_begins():
+    a, b = linked_pair()
+    stale = partial_frame(("r", 0, 5), 1, torch.zeros(1, 1, HIDDEN))  # a step that failed half-way left it
+    ahead = partial_frame(("r", 1, 1), 1, torch.ones(1, 1, HIDDEN))   # and one of the new step's next sync
+    b.links[0].sock.sendall(len(stale).to_bytes(4, "little") + stale)
+    a.begin("r", 1)
+    x1 = torch.randn(1, 1, HIDDEN)
+    key = ("r", 1, 0)
+    b.links[0].sock.sendall(len(partial_frame(key, 1, x1)).to_bytes(4, "little") + partial_frame(key, 1, x1)
+                            + len(ahead).to_bytes(4, "little") + ahead)
+    got = a.exchange(key, 0, PEERS, partial_frame(key, 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 2)
+    assert torch.equal(got[1].partial, x1)
+    assert [(p, x.header.step, x.header.sync) for p, x in a.aside] == [(1, 0, 5)]
+    got = a.exchange(("r", 1, 1), 0, PEERS, partial_frame(("r", 1, 1), 0, x1), "worker-1", 2)
+    assert torch.equal(got[1].partial, torch.ones(1, 1, HIDDEN))  # it was read with the one before
+    a.begin("r", 2)
+    assert a.aside == []
+
+
+def test_an_abort_wakes_a_rank_waiting_for_partials():
+    a, _ = linked_pair()
+    a.begin("r", 3)
     errors = []
 
-    def wait_all():
+    def wait():
         try:
-            ex.all(key, 3, 0, 10)
+            a.exchange(("r", 3, 0), 0, PEERS, partial_frame(("r", 3, 0), 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 10)
         except SyncFailed as exc:
             errors.append(exc.error)
-
-    def trade():  # rank 2's call on rank 3, whose own partial never comes
-        try:
-            ex.trade(("r", 3, 1), 2, torch.zeros(1), 0, 0.0, 0.0, 10)
-        except SyncFailed as exc:
-            errors.append(exc.error)
-    threads = [threading.Thread(target=wait_all), threading.Thread(target=trade)]
-    for t in threads:
-        t.start()
-    time.sleep(0.1)
-    started = time.monotonic()
-    ex.abort("r", 3, StepError(502, "worker-3 is gone", "worker-3"))
-    for t in threads:
-        t.join(5)
-    assert time.monotonic() - started < 1
-    assert [e.worker for e in errors] == ["worker-3", "worker-3"]
-
-
-def test_a_new_step_ends_a_call_left_waiting_on_an_old_one():
-    ex = Exchange()
-    errors = []
-
-    def trade():
-        try:
-            ex.trade(("r", 1, 4), 0, torch.zeros(1), 0, 0.0, 0.0, 10)
-        except SyncFailed as exc:
-            errors.append(exc.error)
-    t = threading.Thread(target=trade)
+    t = threading.Thread(target=wait)
     t.start()
     time.sleep(0.1)
-    ex.begin("r", 2)
+    started = time.monotonic()
+    a.abort("r", 3, StepError(502, "worker-3 is gone", "worker-3"))
     t.join(5)
-    assert not t.is_alive() and errors[0].status == 409 and "over" in errors[0].message
+    assert time.monotonic() - started < 1 and [e.worker for e in errors] == ["worker-3"]
 
 
-def test_the_answer_comes_once_posted_even_when_the_sum_was_already_taken():
-    """A call's partial completes the sync: the rank may take the sum (and forget the slot) before the
-    call's thread reads the answer; the answer still goes back."""
-    ex = Exchange()
+def test_a_peer_that_closes_its_link_is_named_at_once_and_a_silent_one_after_the_timeout():
+    a, b = linked_pair(spin_s=0.05)  # polling first changes neither
     key = ("r", 0, 0)
-    payload = encode_payload(torch.ones(2))
-    ex.post(key, 1, torch.ones(2), payload, 1.5)
-    slot, got = ex.trade(key, 0, torch.zeros(2), 0, 0.0, 0.0, 1)
-    assert got[0] is payload and got[2] == 1.5
-    with pytest.raises(TimeoutError):  # rank 1 goes on only once its answer to rank 0 is built
-        ex.all(key, 2, 1, 0.1)
-    ex.answered(slot)
-    assert sorted(ex.all(key, 2, 1, 1).partials) == [0, 1] and key not in ex.slots
+    frame = partial_frame(key, 0, torch.zeros(1, 1, HIDDEN))
+    started = time.monotonic()
+    with pytest.raises(SyncFailed) as silent:
+        a.exchange(key, 0, PEERS, frame, "worker-1", 0.3)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert silent.value.error.status == 504 and "from rank 1 to worker-1" in silent.value.error.message
+    assert silent.value.error.failed_next == PEERS[1]
+    b.links[0].sock.close()
+    started = time.monotonic()
+    with pytest.raises(SyncFailed) as closed:
+        a.exchange(("r", 0, 1), 0, PEERS, frame, "worker-1", 5)
+    assert time.monotonic() - started < 1
+    assert closed.value.error.status == 502 and "rank 1 (127.0.0.1:2)" in closed.value.error.message
+    assert 1 not in a.links  # dropped: out of step, opened again at the next sync
+
+
+def test_a_new_step_ends_a_sync_left_waiting_on_an_old_one_and_refuses_its_later_syncs():
+    a, _ = linked_pair()
+    a.begin("r", 1)
+    errors = []
+
+    def wait():
+        try:
+            a.exchange(("r", 1, 0), 0, PEERS, partial_frame(("r", 1, 0), 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 10)
+        except SyncFailed as exc:
+            errors.append(exc.error)
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    a.begin("r", 2)  # the root gave up on step 1 and sent step 2
+    t.join(5)
+    assert time.monotonic() - started < 1 and errors[0].status == 409 and "over" in errors[0].message
+    with pytest.raises(SyncFailed, match="over"):  # step 1's next sync sends nothing
+        a.exchange(("r", 1, 1), 0, PEERS, partial_frame(("r", 1, 1), 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 10)
+
+
+def test_a_sync_that_fails_half_way_through_writing_its_partial_drops_that_link():
+    a, _ = linked_pair()
+    key = ("r", 0, 0)
+    big = partial_frame(key, 0, torch.zeros(1, 8192, HIDDEN))  # 2 MB: more than the peer's buffer takes unread
+    with pytest.raises(SyncFailed) as silent:
+        a.exchange(key, 0, PEERS, big, "worker-1", 0.3)
+    assert silent.value.error.status == 504
+    assert 1 not in a.links  # the next step opens a clean one rather than finish half a frame
+
+
+def test_a_frame_over_the_limit_or_not_a_partial_fails_the_sync_naming_the_peer():
+    for junk, message in [((1 << 30).to_bytes(4, "little"), "over the limit"),
+                          (b"\x05\x00\x00\x00hello", "bad partial")]:
+        a, b = linked_pair()
+        b.links[0].sock.sendall(junk)
+        key = ("r", 0, 0)
+        with pytest.raises(SyncFailed) as bad:
+            a.exchange(key, 0, PEERS, partial_frame(key, 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 2)
+        assert bad.value.error.status == 502 and message in bad.value.error.message
 
 
 # ---- frames and the link model ----
@@ -258,6 +328,9 @@ def test_mesh_frames_round_trip_and_bad_ones_are_refused():
     assert MeshPartial.from_dict(mp.to_dict()) == mp
     abort = MeshAbort("r1", 4, StepError(504, "worker-2 is silent", "worker-2"))
     assert MeshAbort.from_dict(abort.to_dict()) == abort
+    assert MeshLink.from_dict(MeshLink(1, 4).to_dict()) == MeshLink(1, 4)
+    with pytest.raises(ProtocolError, match="not a rank of a world of 2"):
+        MeshLink.from_dict({"mesh_link": {"rank": 2, "world": 2}})
     with pytest.raises(ProtocolError):
         MeshPartial.from_dict({"mesh_partial": {**mp.to_dict()["mesh_partial"], "slept_ms": -1}})
     record = TensorRecord("worker-1", 0, 1, 2, 0.0, 1.0, 8, 1.0, 0.5, 10, sync_bytes=99, sync_injected_ms=4.0)
@@ -292,6 +365,14 @@ def test_a_mesh_draws_one_crossing_per_sync():
     assert all(d == 0.0 for down in mesh.steps[0].down for d in down)
 
 
+def test_the_worker_reads_how_long_it_polls_its_links_once_and_refuses_a_bad_figure():
+    from common.config import WorkerSettings
+    assert WorkerSettings.from_env({}).sync_spin_ms == 2.0
+    assert WorkerSettings.from_env({"SYNC_SPIN_MS": "0"}).sync_spin_ms == 0.0
+    with pytest.raises(ValueError, match="SYNC_SPIN_MS must be between 0 and 1000"):
+        WorkerSettings.from_env({"SYNC_SPIN_MS": "-1"})
+
+
 def test_the_root_reads_sync_topology_once_and_refuses_an_unknown_one():
     from common.config import RootSettings
     assert RootSettings.from_env({}).sync_topology == "star"
@@ -300,7 +381,7 @@ def test_the_root_reads_sync_topology_once_and_refuses_an_unknown_one():
         RootSettings.from_env({"SYNC_TOPOLOGY": "ring"})
 
 
-def test_a_bad_partial_on_a_workers_data_port_gets_a_clear_error_and_the_step_after_runs(tiny_model):
+def test_a_bad_link_request_or_partial_on_a_workers_data_port_gets_a_clear_error_and_the_step_after_runs(tiny_model):
     from common.frame import decode_frame, encode_frame
     workers = mesh_workers(tiny_model, 2, f"127.0.0.1:{data_port(free_port_pair())}")
     try:
@@ -309,13 +390,13 @@ def test_a_bad_partial_on_a_workers_data_port_gets_a_clear_error_and_the_step_af
         def send(header: dict, tensor, rank: int = 1) -> dict:
             peer = transport.peer(f"127.0.0.1:{data_port(workers[rank].port)}")
             return decode_frame(peer.call(encode_frame(header, tensor), 5), 1 << 22)[0]
-        from_0, from_1 = (MeshPartial("x1", 0, 0, r, 1, 1, 0.0).to_dict() for r in (0, 1))
-        # rank 0 takes no calls (the lower rank of a pair calls); a partial must be (1, T, hidden) float32
-        err = send(from_1, torch.zeros(1, 1, HIDDEN), rank=0)["error"]
-        assert err["status"] == 400 and "lower rank of a pair calls" in err["message"]
-        err = send(from_0, torch.zeros(1, 1, 7))["error"]
-        assert err["status"] == 400 and "(1, T, 64)" in err["message"]
-        assert send({"mesh_partial": {"request_id": "x1"}}, torch.zeros(1, 1, HIDDEN))["error"]["status"] == 400
+        # rank 0 takes no link (the lower rank of a pair opens it), nor one from another world
+        err = send(MeshLink(1, 2).to_dict(), None, rank=0)["error"]
+        assert err["status"] == 400 and "lower rank of a pair opens it" in err["message"]
+        assert send(MeshLink(0, 3).to_dict(), None)["error"]["status"] == 400
+        assert send({"mesh_link": {"rank": 3, "world": 2}}, None)["error"]["status"] == 400
+        # a partial comes only on a link, never as a call
+        assert send(MeshPartial("x1", 0, 0, 0, 1, 1, 0.0).to_dict(), torch.zeros(1, 1, HIDDEN))["error"]["status"] == 400
         assert send({"mesh_abort": {"request_id": "?"}}, None)["error"]["status"] == 400
         x = torch.randn(1, 2, HIDDEN)
         out, _ = mesh_chain(workers).forward("x2", x, 0, mesh_delays(2))

@@ -34,7 +34,7 @@ from common.selfstats import container_stats
 from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
-from .mesh_sync import Exchange
+from .mesh_links import MeshLinks
 from .modelled import TENSOR_SLICES, ModelledSlice, ModelledTensorSlice, SliceCost, modelled_slice
 from .played_device import StretchClock, play
 from common.quantize import quantized_engine
@@ -62,7 +62,7 @@ class WorkerState:
         self.slice: DecoderSlice | TensorSlice | ModelledSlice | ModelledTensorSlice | None = None
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
-        self.exchange = Exchange()             # tensor mode's mesh: the partials of the current step
+        self.mesh = MeshLinks(settings.max_frame_bytes, settings.secret, settings.sync_spin_ms / 1e3)  # tensor mode's mesh
         self.load_lock = threading.Lock()
 
     def load(self, assignment: LoadAssignment) -> None:
@@ -71,6 +71,7 @@ class WorkerState:
             try:
                 self.slice = None
                 self.caches.clear()
+                self.mesh.reset()  # the peers may be others now
                 started = time.perf_counter()
                 if assignment.compute == "modelled":  # no weights: each step takes its device's modelled time
                     self.slice = modelled_slice(assignment)

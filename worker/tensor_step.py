@@ -20,7 +20,7 @@ from common.protocol import ProtocolError, StepError
 from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
 
 from .caches import CacheFull
-from .mesh_sync import MeshSyncs, SyncFailed, mesh_abort, mesh_partial
+from .mesh_sync import MeshSyncs, SyncFailed, link_request, mesh_abort
 from .modelled import TENSOR_SLICES
 
 
@@ -82,9 +82,9 @@ def _error(status: int, message: str, worker: str | None) -> bytes:
     return encode_frame(StepError(status, message, worker=worker).to_dict(), None)
 
 
-def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
+def tensor_step(state, data: bytes, recv_ns: int):
     """The data plane in tensor mode: the answer to the root's broadcast call, and in the mesh to a lower
-    rank's partial (worker/mesh_sync.py) or to the root's word that a step failed elsewhere."""
+    rank's link request (worker/mesh_links.py: an Adopt) or to the root's word that a step failed elsewhere."""
     a, sl = state.assignment, state.slice
     try:
         raw, hidden = decode_frame(data, state.settings.max_frame_bytes)
@@ -94,8 +94,10 @@ def tensor_step(state, data: bytes, recv_ns: int) -> bytes:
         return mesh_abort(state, raw)
     if state.status != "ready" or not isinstance(sl, TENSOR_SLICES) or a is None or a.share is None:
         return _error(503, f"worker is {state.status}, not ready for a tensor step", a.name if a else None)
-    if "mesh_partial" in raw:
-        return mesh_partial(state, raw, hidden, recv_ns)
+    if "mesh_link" in raw:
+        if not a.peers:
+            return _error(400, f"{a.name} is not a mesh rank: it takes no link", a.name)
+        return link_request(state.mesh, raw, a.share.rank, a.share.world, a.name)
     try:
         step = TensorStep.from_dict(raw)
         if hidden is None or hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[2] != sl.hidden_size:
