@@ -115,7 +115,7 @@ class WorkerSettings:
                                            # than its cgroup, or a limit for a local process that has none
     decode_gemv: bool = True               # float32 one-row products through gemv (common/gemv.py)
     sync_spin_ms: float = 2.0              # mesh: poll the links this long before sleeping on them, as distributed-
-                                           # llama's nodes spin: a sleeping vCPU woke ~0.4 ms late (worker/mesh_links.py)
+                                           # llama's nodes spin: a sleeping vCPU wakes late (worker/mesh_links.py)
     play_clock: str = "profile"            # a played device's computes last: profile, the cost model's time for
                                            # the device | cpu, their CPU time x the measured factor (common/stretch.py)
     secret: SecretSource = field(default_factory=SecretSource)  # none: open (one-process tests, tools)
