@@ -202,10 +202,10 @@ def both(a: MeshLinks, b: MeshLinks, key, x0: torch.Tensor, x1: torch.Tensor, ti
     got = {}
 
     def rank1():
-        got[1] = b.exchange(key, 1, PEERS, partial_frame(key, 1, x1), "worker-2", timeout_s)
+        got[1] = b.exchange(key, 1, PEERS, partial_frame(key, 1, x1), "worker-2", timeout_s).partials
     t = threading.Thread(target=rank1)
     t.start()
-    got[0] = a.exchange(key, 0, PEERS, partial_frame(key, 0, x0), "worker-1", timeout_s)
+    got[0] = a.exchange(key, 0, PEERS, partial_frame(key, 0, x0), "worker-1", timeout_s).partials
     t.join(timeout_s + 1)
     return got[0][1], got[1][0]
 
@@ -232,10 +232,12 @@ def test_a_frame_of_another_step_is_kept_aside_and_dropped_when_a_new_step_begin
     key = ("r", 1, 0)
     b.links[0].sock.sendall(len(partial_frame(key, 1, x1)).to_bytes(4, "little") + partial_frame(key, 1, x1)
                             + len(ahead).to_bytes(4, "little") + ahead)
-    got = a.exchange(key, 0, PEERS, partial_frame(key, 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 2)
+    exchanged = a.exchange(key, 0, PEERS, partial_frame(key, 0, torch.zeros(1, 1, HIDDEN)), "worker-1", 2)
+    got = exchanged.partials
     assert torch.equal(got[1].partial, x1)
+    assert got[1].recv_ns == exchanged.sent_ns  # it was there when rank 0's went out: arrived then, for the barrier
     assert [(p, x.header.step, x.header.sync) for p, x in a.aside] == [(1, 0, 5)]
-    got = a.exchange(("r", 1, 1), 0, PEERS, partial_frame(("r", 1, 1), 0, x1), "worker-1", 2)
+    got = a.exchange(("r", 1, 1), 0, PEERS, partial_frame(("r", 1, 1), 0, x1), "worker-1", 2).partials
     assert torch.equal(got[1].partial, torch.ones(1, 1, HIDDEN))  # it was read with the one before
     a.begin("r", 2)
     assert a.aside == []

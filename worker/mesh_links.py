@@ -54,13 +54,20 @@ class Arrival:
     """A peer's partial of one sync, as it came off its link."""
     header: MeshPartial
     partial: torch.Tensor
-    recv_ns: int         # this worker's clock, when its last byte was read
+    recv_ns: int         # this worker's clock, when its last byte was read (see Exchanged.sent_ns)
     transport_ms: float  # on the wire while this rank waited for it (0 when it was there already)
     nbytes: int
 
     @property
     def key(self) -> Key:
         return self.header.request_id, self.header.step, self.header.sync
+
+
+@dataclass(eq=False)
+class Exchanged:
+    """What one sync brought: when this rank's partial went out, and the others' partials by rank."""
+    sent_ns: int                    # this worker's clock, its partial written (or queued) on every link
+    partials: dict[int, Arrival]    # a partial already there then counts as arrived at sent_ns
 
 
 @dataclass
@@ -82,6 +89,7 @@ class MeshLinks:
         self.aside: list[tuple[int, Arrival]] = []  # (peer rank, its frame of another step)
         self._busy = threading.Lock()  # one step's exchange at a time
         self._buf = bytearray(1 << 18)  # what one recv reads, then appended to its link's inbox
+        self._early = False  # in an exchange's first, non-waiting pass (see _loop)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -132,7 +140,7 @@ class MeshLinks:
         self._wake()
 
     def exchange(self, key: Key, rank: int, peers: tuple[str, ...], frame: bytes, who: str,
-                 timeout_s: float) -> dict[int, Arrival]:
+                 timeout_s: float) -> Exchanged:
         """Writes `frame` (this rank's partial of sync key) to every other rank and returns theirs, by rank.
         Raises SyncFailed naming the peer that failed, or carrying the root's abort."""
         deadline = time.monotonic() + timeout_s
@@ -145,7 +153,7 @@ class MeshLinks:
                 out[p] = memoryview(message)
                 self._send(p, link, out, peers, who)
             waiting_from = time.time_ns()
-            got = self._take_aside(key)
+            got = self._take_aside(key, waiting_from)
             try:
                 self._loop(key, links, out, got, peers, who, deadline, waiting_from, timeout_s)
             except SyncFailed:
@@ -153,7 +161,7 @@ class MeshLinks:
                     if 0 < len(rest) < len(message):
                         self._drop(p)
                 raise
-            return got
+            return Exchanged(waiting_from, got)
 
     def _send(self, p: int, link: _Link, out: dict[int, memoryview], peers: tuple[str, ...], who: str) -> None:
         """As much of rank p's message as its link takes now."""
@@ -169,8 +177,12 @@ class MeshLinks:
               peers: tuple[str, ...], who: str, deadline: float, waiting_from: int, timeout_s: float) -> None:
         by_sock = {link.sock: p for p, link in links.items()}
         spin_until = time.monotonic() + self.spin_s
+        # The first pass does not wait: what it finds was there when this rank's partial went out, and
+        # counts as arrived then (when it came while this rank computed or opened a link is unknown).
+        self._early = True
         for p, link in links.items():  # frames already read into an inbox (a peer ahead of this rank)
             self._frames(p, link, key, got, peers, who, waiting_from)
+        first = True
         while any(out.values()) or len(got) < len(links):
             self._check_failed(key)
             remaining = deadline - time.monotonic()
@@ -181,8 +193,9 @@ class MeshLinks:
                          f"{', '.join(map(str, missing))} to {who} within {timeout_s:g} s", who, peers[missing[0]]))
             readers = [links[p].sock for p in links if p not in got] + [self._wake_r]
             writers = [links[p].sock for p in links if out[p]]
-            spinning = time.monotonic() < spin_until
+            spinning = first or time.monotonic() < spin_until
             readable, writable, _ = select.select(readers, writers, [], 0 if spinning else remaining)
+            self._early, first = first, False
             if spinning and not readable and not writable:
                 os.sched_yield()  # a process that has work on this CPU gets it; this one stays awake
                 continue
@@ -224,7 +237,7 @@ class MeshLinks:
                 self.aside = (self.aside + [(p, arrival)])[-MAX_ASIDE:]
 
     def _arrival(self, p: int, frame: bytes, peers: tuple[str, ...], who: str, waiting_from: int) -> Arrival:
-        now = time.time_ns()
+        now = waiting_from if self._early else time.time_ns()
         try:
             raw, partial = decode_frame(frame, self.max_frame_bytes)
             if "error" in raw:
@@ -239,10 +252,13 @@ class MeshLinks:
         transport_ms = max(0.0, (now - max(header.sent_ns, waiting_from)) / 1e6)
         return Arrival(header, partial, now, transport_ms, len(frame) + _LEN.size)
 
-    def _take_aside(self, key: Key) -> dict[int, Arrival]:
+    def _take_aside(self, key: Key, waiting_from: int) -> dict[int, Arrival]:
+        """This sync's frames read during an earlier one (a peer ahead): arrived, for the barrier, at waiting_from."""
         with self.cond:
             mine = {p: a for p, a in self.aside if a.key == key}
             self.aside = [(p, a) for p, a in self.aside if a.key != key]
+        for a in mine.values():
+            a.recv_ns, a.transport_ms = waiting_from, 0.0
         return mine
 
     def _link(self, p: int, rank: int, peers: tuple[str, ...], who: str, deadline: float, key: Key) -> _Link:

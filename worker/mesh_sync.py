@@ -66,7 +66,8 @@ class MeshSyncs:
         now = time.time_ns()
         key = (step.request_id, step.step, index)
         frame = frame_with(MeshPartial(key[0], key[1], key[2], rank, now, now, slept).to_dict(), payload)
-        theirs = self.state.mesh.exchange(key, rank, a.peers, frame, a.name, self.timeout_s)
+        exchanged = self.state.mesh.exchange(key, rank, a.peers, frame, a.name, self.timeout_s)
+        theirs = exchanged.partials
         for p, arrival in theirs.items():
             if tuple(arrival.partial.shape) != tuple(partial.shape):
                 raise SyncFailed(StepError(502, f"{a.name}: rank {p} ({a.peers[p]}) sent a partial of "
@@ -75,7 +76,8 @@ class MeshSyncs:
         self.sync_bytes += (world - 1) * (len(frame) + 4)  # what this rank writes: the root adds up every rank's
         self.down_transport_ms += max(x.transport_ms for x in theirs.values())
         partials = [own if r == rank else theirs[r].partial for r in range(world)]
-        arrivals = [now if r == rank else theirs[r].recv_ns for r in range(world)]
+        # this rank's partial "arrives" when it went out (after opening a link, if it had to), on one clock
+        arrivals = [exchanged.sent_ns if r == rank else theirs[r].recv_ns for r in range(world)]
         delays = [slept if r == rank else theirs[r].header.slept_ms for r in range(world)]
         self.injected_ms += realized_ms(arrivals, delays)
         total = reduce_partials(partials, torch.float32)
