@@ -3,8 +3,9 @@ compute thread.
 
 Why: the first mesh made each sync a call (the lower rank's request, the higher rank's reply built by
 its data-plane thread), and on a 2-vCPU VM a sync took 0.69-0.88 ms (p50) after both partials were
-ready, in hand-offs between threads and wake-ups, for a 25-45 us loopback round trip (here: 0.30 ms). Here nothing but the compute thread
-touches a link during a step: it writes its partial to every peer and reads theirs, all at once.
+ready, in hand-offs between threads and wake-ups, for a 25-45 us loopback round trip (here: 0.30 ms).
+Here nothing but the compute thread touches a link during a step: it writes its partial to every peer
+and reads theirs, all at once.
 
 A pair's link is one TCP connection: the lower rank opens it on the higher rank's data port with a
 MeshLink frame; the higher rank's data-plane thread answers and hands the socket over (common/wire.Adopt).
@@ -37,7 +38,7 @@ from common.transport import split_address
 from common.wire import LENGTH as _LEN
 from common.wire import Adopt, open_stream, read_message, write_message
 
-MAX_ASIDE = 8  # frames of other steps kept per rank: a failed step leaves at most a couple on a link
+MAX_ASIDE = 8  # frames of other steps kept, all links together: a failed step leaves at most a couple on each
 Key = tuple[str, int, int]  # (request id, step, sync)
 
 
@@ -56,7 +57,6 @@ class Arrival:
     partial: torch.Tensor
     recv_ns: int         # this worker's clock, when its last byte was read (see Exchanged.sent_ns)
     transport_ms: float  # on the wire while this rank waited for it (0 when it was there already)
-    nbytes: int
 
     @property
     def key(self) -> Key:
@@ -68,6 +68,7 @@ class Exchanged:
     """What one sync brought: when this rank's partial went out, and the others' partials by rank."""
     sent_ns: int                    # this worker's clock, its partial written (or queued) on every link
     partials: dict[int, Arrival]    # a partial already there then counts as arrived at sent_ns
+    sent_bytes: int                 # what this rank wrote, length prefixes included
 
 
 @dataclass
@@ -89,7 +90,6 @@ class MeshLinks:
         self.aside: list[tuple[int, Arrival]] = []  # (peer rank, its frame of another step)
         self._busy = threading.Lock()  # one step's exchange at a time
         self._buf = bytearray(1 << 18)  # what one recv reads, then appended to its link's inbox
-        self._early = False  # in an exchange's first, non-waiting pass (see _loop)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -161,7 +161,7 @@ class MeshLinks:
                     if 0 < len(rest) < len(message):
                         self._drop(p)
                 raise
-            return Exchanged(waiting_from, got)
+            return Exchanged(waiting_from, got, len(message) * len(links))
 
     def _send(self, p: int, link: _Link, out: dict[int, memoryview], peers: tuple[str, ...], who: str) -> None:
         """As much of rank p's message as its link takes now."""
@@ -179,9 +179,8 @@ class MeshLinks:
         spin_until = time.monotonic() + self.spin_s
         # The first pass does not wait: what it finds was there when this rank's partial went out, and
         # counts as arrived then (when it came while this rank computed or opened a link is unknown).
-        self._early = True
         for p, link in links.items():  # frames already read into an inbox (a peer ahead of this rank)
-            self._frames(p, link, key, got, peers, who, waiting_from)
+            self._frames(p, link, key, got, peers, who, waiting_from, early=True)
         first = True
         while any(out.values()) or len(got) < len(links):
             self._check_failed(key)
@@ -195,7 +194,7 @@ class MeshLinks:
             writers = [links[p].sock for p in links if out[p]]
             spinning = first or time.monotonic() < spin_until
             readable, writable, _ = select.select(readers, writers, [], 0 if spinning else remaining)
-            self._early, first = first, False
+            early, first = first, False
             if spinning and not readable and not writable:
                 os.sched_yield()  # a process that has work on this CPU gets it; this one stays awake
                 continue
@@ -216,11 +215,12 @@ class MeshLinks:
                 if not n:
                     self._lost(p, peers, who, "it closed its link")
                 links[p].inbox += memoryview(self._buf)[:n]
-                self._frames(p, links[p], key, got, peers, who, waiting_from)
+                self._frames(p, links[p], key, got, peers, who, waiting_from, early)
 
     def _frames(self, p: int, link: _Link, key: Key, got: dict[int, Arrival], peers: tuple[str, ...], who: str,
-                waiting_from: int) -> None:
-        """Takes every whole frame out of a link's inbox: the current sync's into `got`, others aside."""
+                waiting_from: int, early: bool) -> None:
+        """Takes every whole frame out of a link's inbox: the current sync's into `got`, others aside.
+        early: the frames were there before this rank waited (they arrived, for the barrier, at waiting_from)."""
         box = link.inbox
         while len(box) >= _LEN.size and p not in got:
             (n,) = _LEN.unpack_from(box)
@@ -230,14 +230,13 @@ class MeshLinks:
                 return
             frame = bytes(box[_LEN.size:_LEN.size + n])
             del box[:_LEN.size + n]
-            arrival = self._arrival(p, frame, peers, who, waiting_from)
+            arrival = self._arrival(p, frame, peers, who, waiting_from if early else time.time_ns(), waiting_from)
             if arrival.key == key:
                 got[p] = arrival
             else:
                 self.aside = (self.aside + [(p, arrival)])[-MAX_ASIDE:]
 
-    def _arrival(self, p: int, frame: bytes, peers: tuple[str, ...], who: str, waiting_from: int) -> Arrival:
-        now = waiting_from if self._early else time.time_ns()
+    def _arrival(self, p: int, frame: bytes, peers: tuple[str, ...], who: str, now: int, waiting_from: int) -> Arrival:
         try:
             raw, partial = decode_frame(frame, self.max_frame_bytes)
             if "error" in raw:
@@ -250,7 +249,7 @@ class MeshLinks:
         except (FrameError, ProtocolError) as exc:
             self._lost(p, peers, who, f"it sent a bad partial: {exc}")
         transport_ms = max(0.0, (now - max(header.sent_ns, waiting_from)) / 1e6)
-        return Arrival(header, partial, now, transport_ms, len(frame) + _LEN.size)
+        return Arrival(header, partial, now, transport_ms)
 
     def _take_aside(self, key: Key, waiting_from: int) -> dict[int, Arrival]:
         """This sync's frames read during an earlier one (a peer ahead): arrived, for the barrier, at waiting_from."""

@@ -73,7 +73,7 @@ class MeshSyncs:
                 raise SyncFailed(StepError(502, f"{a.name}: rank {p} ({a.peers[p]}) sent a partial of "
                                                 f"{sync_label(index)} shaped {tuple(arrival.partial.shape)}, "
                                                 f"not {tuple(partial.shape)}", a.name, a.peers[p]))
-        self.sync_bytes += (world - 1) * (len(frame) + 4)  # what this rank writes: the root adds up every rank's
+        self.sync_bytes += exchanged.sent_bytes  # what this rank writes: the root adds up every rank's
         self.down_transport_ms += max(x.transport_ms for x in theirs.values())
         partials = [own if r == rank else theirs[r].partial for r in range(world)]
         # this rank's partial "arrives" when it went out (after opening a link, if it had to), on one clock
