@@ -6,7 +6,9 @@ M = 1 row (a decode step) and M = 32 rows (a prefill chunk), on 1 and 2 threads:
     float32     the project's float32 path: torch.mv at one row (common/gemv.py), F.linear above
     bfloat16    F.linear in bfloat16 (input and output bfloat16, as a bfloat16 layer computes)
     int8        the project's int8: quantize_dynamic's Linear (common/quantize.py), float32 in and out
-    int4        common/int4.py Int4Linear: q40-style groups of 32, torch's _weight_int4pack_mm_for_cpu,
+    int4        the workers' int4 (common/int4_ort.py): q40 codes in groups of 32 through onnxruntime's
+                MatMulNBits, activations rounded to int8 per 32 (distributed-llama's q40 x q80)
+    int4-torch  common/int4.py Int4Linear: the same codes through torch's _weight_int4pack_mm_for_cpu,
                 float32 in and out (cast to bfloat16 around the kernel)
     int4-f32    the same kernel fed float32 activations and scales (no vectorised path: a scalar loop)
     torchao     torchao's int4_weight_only(group_size=32, Int4CPULayout), bfloat16 in and out, when
@@ -31,6 +33,7 @@ import torch
 
 from common.gemv import linear as f32_linear
 from common.int4 import Int4Linear, pack, quantize
+from common.int4_ort import MatMulNBitsLinear
 from common.quantize import quantize_int8, quantized_engine
 
 from .common import emit, print_table
@@ -45,9 +48,10 @@ class Candidate:
     """One weight format of one matrix: copies of its weights, and the product of x with one of them."""
 
     def __init__(self, name: str, product: Callable[[torch.Tensor, object], torch.Tensor], copies: list,
-                 weight_bytes: int, x_dtype: torch.dtype):
+                 weight_bytes: int, x_dtype: torch.dtype, threads: int | None = None):
         self.name, self.product, self.copies = name, product, copies
         self.weight_bytes, self.x_dtype = weight_bytes, x_dtype
+        self.threads = threads  # a kernel whose thread count is fixed when it is built (onnxruntime's)
 
     def one_pass_ms(self, x: torch.Tensor) -> float:
         """Mean ms per product over one pass through every copy (each one cold in the cache)."""
@@ -80,10 +84,17 @@ def candidates(weight: torch.Tensor, pool_bytes: int, with_slow: bool) -> list[C
     out.append(Candidate("int8", lambda x, m: m(x), [int8] + [copy.deepcopy(int8) for _ in
                                                            range(n_copies(int8_bytes, pool_bytes) - 1)],
                          int8_bytes, torch.float32))
+    # the workers' int4 (onnxruntime's MatMulNBits); it reads its packed copy: codes, a scale and a sum per 32
+    ort_bytes = rows * cols // 2 + rows * cols // 32 * 8
+    for threads in THREADS:
+        torch.set_num_threads(threads)
+        out.append(Candidate("int4", lambda x, m: m(x), [MatMulNBitsLinear.from_weight(weight) for _ in
+                                                          range(n_copies(ort_bytes, pool_bytes))],
+                             ort_bytes, torch.float32, threads))
     int4 = Int4Linear.from_weight(weight)
     int4_bytes = int4.packed.nbytes + int4.scales_and_zeros.nbytes
-    out.append(Candidate("int4", lambda x, m: m(x), [int4] + [copy.deepcopy(int4) for _ in
-                                                           range(n_copies(int4_bytes, pool_bytes) - 1)],
+    out.append(Candidate("int4-torch", lambda x, m: m(x), [int4] + [copy.deepcopy(int4) for _ in
+                                                                 range(n_copies(int4_bytes, pool_bytes) - 1)],
                          int4_bytes, torch.float32))
     if with_slow:
         packed, sz = pack(*quantize(weight))
@@ -126,7 +137,8 @@ def measure(shape_name: str, weight: torch.Tensor, args) -> list[dict]:
         torch.set_num_threads(threads)
         for m in ROWS:
             x = torch.randn(m, weight.shape[1], generator=gen)
-            runnable = [c for c in cands if not (c.name == "int4-f32" and (m > 1 or threads > 1))]
+            runnable = [c for c in cands if not (c.name == "int4-f32" and (m > 1 or threads > 1))
+                        and c.threads in (None, threads)]
             with torch.inference_mode():
                 for c in runnable:
                     c.one_pass_ms(x)  # warm-up: first touch, thread pool, lazy packing; excluded

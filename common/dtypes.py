@@ -22,12 +22,12 @@ WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2,
 # The KV cache is kept in the dtype the layers compute in: int8, q40 and q80 layers compute in float32.
 KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "int4": 4, "q40": 4, "q80": 4}
 
-# int4 (common/int4.py): torch's int4-packed CPU matmul takes N output rows a multiple of 16 and K inputs a
-# multiple of the group, 32; a matrix is padded with zeros up to those. Per padded matrix it holds the codes
-# (half a byte a weight) and a bfloat16 scale and zero per group of 32 of each row.
+# int4 (common/int4_ort.py, onnxruntime's MatMulNBits; common/int4.py, torch's int4-packed matmul, for
+# comparison): q40 codes in groups of 32 of each row. Torch's layout takes N output rows a multiple of 16 and
+# K inputs a multiple of 32; both kernels get a matrix padded with zeros up to those.
 INT4_GROUP = 32
 INT4_ROW_ALIGN = 16
-INT4_GROUP_BYTES = 4  # (scale, zero), bfloat16 each
+INT4_GROUP_BYTES = 4  # torch's kernel: (scale, zero), bfloat16 each, per group
 
 
 def int4_padded(rows: int, cols: int) -> tuple[int, int]:
@@ -36,7 +36,17 @@ def int4_padded(rows: int, cols: int) -> tuple[int, int]:
 
 
 def int4_matrix_bytes(rows: int, cols: int) -> int:
-    """Bytes an int4 (rows x cols) projection holds: 2048 x 2048 -> 2 MiB of codes + 512 KiB of scales."""
+    """Bytes an int4 (rows x cols) projection holds in onnxruntime (common/int4_ort.py): the codes (half a byte
+    a weight) and a float32 scale per group as the graph's initializers, and MLAS's packed copy, the codes
+    again with 12 bytes per group (its scale, its block sum for the integer product, and its layout's
+    padding): 1.5 bytes a weight. Measured for 5632 x 2048: 17.6 MB where this counts 17.3."""
+    n, k = int4_padded(rows, cols)
+    groups = n * (k // INT4_GROUP)
+    return n * k + groups * 16
+
+
+def int4_torch_matrix_bytes(rows: int, cols: int) -> int:
+    """Bytes torch's int4-packed kernel holds (common/int4.py Int4Linear): codes + a bfloat16 scale and zero per group."""
     n, k = int4_padded(rows, cols)
     return n * k // 2 + n * (k // INT4_GROUP) * INT4_GROUP_BYTES
 

@@ -92,23 +92,20 @@ def _quantized_linear(weight_int8: torch.Tensor) -> torch.nn.Module:
 
 
 def _int4_product(rows: int, cols: int, m: int) -> tuple[Callable[[], object], int]:
-    """common/int4.py's product (torch's int4-packed matmul, bfloat16 around it) over a rows x cols matrix of
-    constant codes, built straight from codes: (the product of m rows, the weight bytes it reads)."""
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.full((rows, cols), 9, dtype=torch.int32), 1)
-    scales_and_zeros = torch.zeros(cols // dtypes.INT4_GROUP, rows, 2, dtype=torch.bfloat16)
-    scales_and_zeros[..., 0] = 0.01
+    """The int4 product the workers run (common/int4.int4_linear: onnxruntime's MatMulNBits) over a rows x cols
+    matrix of constant weights: (the product of m rows, the weight bytes it reads: the kernel's packed codes
+    with a scale and a sum per group of 32, 0.75 byte a weight)."""
+    from .int4 import int4_linear
+    module = int4_linear(torch.full((rows, cols), 0.01))
     x = torch.randn(m, cols)
-
-    def product():
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, dtypes.INT4_GROUP,
-                                                          scales_and_zeros).float()
-    return product, dtypes.int4_matrix_bytes(rows, cols)
+    groups = rows * (cols // dtypes.INT4_GROUP)
+    return (lambda: module(x)), rows * cols // 2 + groups * 8
 
 
 def _decode_product(dtype: str, matrix_bytes: int) -> tuple[Callable[[], object], int]:
     """(one decode product over a matrix of about matrix_bytes, the weight bytes it reads)."""
     if dtype == "int4":
-        rows = max(1, matrix_bytes // dtypes.int4_matrix_bytes(1, COLUMNS) // dtypes.INT4_ROW_ALIGN)
+        rows = max(1, matrix_bytes * 4 // (3 * COLUMNS) // dtypes.INT4_ROW_ALIGN)  # 0.75 byte a weight read
         return _int4_product(rows * dtypes.INT4_ROW_ALIGN, COLUMNS, 1)
     if dtype == "int8":
         rows = max(1, matrix_bytes // COLUMNS)

@@ -17,10 +17,11 @@ from .latency import DISTRIBUTIONS, LinkModel
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "profiles"
 HOST = "host"  # the device a worker is when no profile is named: its share of this machine, measured at start
 
-# Bytes per weight the cost model knows, the dtypes a worker runs here and the ones it can only model
+# Bytes per weight a token reads, the dtypes a worker runs here and the ones it can only model
 # (q40: 4-bit blocks of 32 with a float16 scale, 18 bytes per 32 weights; q80: 8-bit, 34 per 32;
-# int4, the worker's 4-bit: q40's codes with a bfloat16 scale and zero, 20 per 32, common/int4.py).
-MODELLED_WEIGHT_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "int4": 20 / 32,
+# int4, the worker's 4-bit: q40's codes with a float32 scale and a float32 sum per block in onnxruntime's
+# packed copy, 24 per 32, common/int4_ort.py; common/host_speed measures its rate on the same bytes).
+MODELLED_WEIGHT_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "int4": 24 / 32,
                          "q40": 18 / 32, "q80": 34 / 32}
 # matmul_gflops may also name float64: High-Performance Linpack, the one GEMM-bound figure published for
 # most boards. No layer computes in it, so the cost model never reads it; it is kept as measured.

@@ -189,9 +189,10 @@ class TestEstimate:
         int8 = plan("memory", shape, workers, "int8", 4096, 8).workers[0]
         assert bf16.weight_bytes * 2 == w.weight_bytes and bf16.kv_bytes * 2 == w.kv_bytes
         assert int8.kv_bytes == w.kv_bytes and w.weight_bytes / int8.weight_bytes == pytest.approx(1.99, abs=0.01)
-        # int4: 20 bytes per 32 projection weights (codes + a bfloat16 scale and zero), float32 norms and cache
+        # int4: 48 bytes per 32 projection weights (onnxruntime's codes and scales, and MLAS's packed copy:
+        # common/dtypes.int4_matrix_bytes), float32 norms and cache
         int4 = plan("memory", shape, workers, "int4", 4096, 8).workers[0]
-        assert int4.kv_bytes == w.kv_bytes and w.weight_bytes / int4.weight_bytes == pytest.approx(6.4, abs=0.01)
+        assert int4.kv_bytes == w.kv_bytes and w.weight_bytes / int4.weight_bytes == pytest.approx(2.67, abs=0.01)
 
     def test_a_slice_that_does_not_fit_names_the_worker_and_the_shortfall(self):
         p = plan("even", shape_of("llama-3.2-1b"), devs(16, 16, 1), "float32", 4096, 8)
@@ -357,6 +358,8 @@ def _prompt_ids(model):
 # request: what is set up once per process (the loader thread's arena, kernels, buffers) and the
 # allocator's slack. Measured here: +16 to +32 MiB once loaded, +28 to +41 MiB after a request.
 TOLERANCE, SLACK = 0.05, 48 * MiB
+# int4's onnxruntime, once per process: importing onnxruntime and onnx 22.8 MiB, its first session 17.5 (measured)
+ONNXRUNTIME_SLACK = 40 * MiB
 
 
 @pytest.fixture(scope="module")
@@ -419,8 +422,9 @@ def test_estimate_matches_the_rss_of_a_real_worker(tinyllama_layers, logs_dir, d
         serving = info["rss_bytes"] - empty
         print(f"{dtype}: estimate {estimate / MiB:.1f} MiB; RSS grew {loaded / MiB:.1f} MiB once loaded "
               f"({loaded / estimate - 1:+.1%}), {serving / MiB:.1f} MiB after a first request ({serving / estimate - 1:+.1%})")
-        assert 0 <= loaded - estimate <= TOLERANCE * estimate + SLACK
-        assert 0 <= serving - estimate <= TOLERANCE * estimate + SLACK
+        slack = SLACK + (ONNXRUNTIME_SLACK if dtype == "int4" else 0)
+        assert 0 <= loaded - estimate <= TOLERANCE * estimate + slack
+        assert 0 <= serving - estimate <= TOLERANCE * estimate + slack
         device = info["device"]
         assert device["held_weight_bytes"] == estimate and device["memory_available_bytes"] > 0
     finally:
