@@ -4,9 +4,10 @@ onnxruntime's MatMulNBits (its CPU kernels, MLAS, with integer dot products on A
 Why this and not torch's int4-packed matmul (common/int4.py's Int4Linear, kept for comparison): torch's
 kernel dequantises every group to floats and multiplies in floating point, so without AVX-512 it is bound
 by arithmetic, not by memory. MatMulNBits with accuracy_level 4 quantises each row of activations to int8
-in blocks of 32 (distributed-llama's q80 for its q40 weights) and multiplies in integers. Measured with
-`python -m bench.int4_kernels` on a 2-vCPU AMD EPYC (Zen 3, AVX2), one decode product, cold cache:
-gate/up 5632 x 2048 1.02 ms against torch's 2.39 ms on one thread, 0.55 against 1.13 ms on two.
+in blocks of 32 (distributed-llama's q80 for its q40 weights) and multiplies in integers. On a 2-vCPU AMD
+EPYC (Zen 3, AVX2), one decode product of gate/up 5632 x 2048, cold cache: 1.02 ms against torch's 2.39 on
+one thread, 0.55 against 1.13 on two (a first comparison, 8 copies); `python -m bench.int4_kernels --rounds 3
+--pool-mib 128` later: 1.11 against 2.20 ms, 0.79 against 1.10 ms, and a 32-row prefill 12.7 against 25.3 ms.
 
 The codes and scales are common/int4.py's (`quantize`: q40's rule, the scale rounded to bfloat16), so
 `dequantize` is the reference either way; only the activations' 8-bit rounding differs from a float
