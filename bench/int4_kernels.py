@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+from common.dtypes import int4_read_bytes
 from common.gemv import linear as f32_linear
 from common.int4 import Int4Linear, pack, quantize
 from common.int4_ort import MatMulNBitsLinear
@@ -85,7 +86,7 @@ def candidates(weight: torch.Tensor, pool_bytes: int, with_slow: bool) -> list[C
                                                            range(n_copies(int8_bytes, pool_bytes) - 1)],
                          int8_bytes, torch.float32))
     # the workers' int4 (onnxruntime's MatMulNBits); it reads its packed copy: codes, a scale and a sum per 32
-    ort_bytes = rows * cols // 2 + rows * cols // 32 * 8
+    ort_bytes = int4_read_bytes(rows, cols)
     for threads in THREADS:
         torch.set_num_threads(threads)
         out.append(Candidate("int4", lambda x, m: m(x), [MatMulNBitsLinear.from_weight(weight) for _ in

@@ -45,6 +45,12 @@ def int4_matrix_bytes(rows: int, cols: int) -> int:
     return n * k + groups * 16
 
 
+def int4_read_bytes(rows: int, cols: int) -> int:
+    """Bytes one int4 product reads of a (rows x cols) matrix, cols a multiple of 32: MLAS's packed codes with a
+    float32 scale and a float32 sum per group, 0.75 byte a weight (common/profiles MODELLED_WEIGHT_BYTES)."""
+    return rows * cols // 2 + rows * (cols // INT4_GROUP) * 8
+
+
 def int4_torch_matrix_bytes(rows: int, cols: int) -> int:
     """Bytes torch's int4-packed kernel holds (common/int4.py Int4Linear): codes + a bfloat16 scale and zero per group."""
     n, k = int4_padded(rows, cols)

@@ -98,14 +98,13 @@ def _int4_product(rows: int, cols: int, m: int) -> tuple[Callable[[], object], i
     from .int4 import int4_linear
     module = int4_linear(torch.full((rows, cols), 0.01))
     x = torch.randn(m, cols)
-    groups = rows * (cols // dtypes.INT4_GROUP)
-    return (lambda: module(x)), rows * cols // 2 + groups * 8
+    return (lambda: module(x)), dtypes.int4_read_bytes(rows, cols)
 
 
 def _decode_product(dtype: str, matrix_bytes: int) -> tuple[Callable[[], object], int]:
     """(one decode product over a matrix of about matrix_bytes, the weight bytes it reads)."""
     if dtype == "int4":
-        rows = max(1, matrix_bytes * 4 // (3 * COLUMNS) // dtypes.INT4_ROW_ALIGN)  # 0.75 byte a weight read
+        rows = max(1, matrix_bytes // dtypes.int4_read_bytes(dtypes.INT4_ROW_ALIGN, COLUMNS))
         return _int4_product(rows * dtypes.INT4_ROW_ALIGN, COLUMNS, 1)
     if dtype == "int8":
         rows = max(1, matrix_bytes // COLUMNS)

@@ -90,6 +90,16 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scales
 
 
+def padded(weight: torch.Tensor) -> torch.Tensor:
+    """weight with zero rows and columns up to the int4 kernels' multiples (common/dtypes.int4_padded): zero
+    columns quantise to exactly 0 and meet a zero-padded input; the padded rows' outputs are dropped."""
+    rows, cols = weight.shape
+    padded_rows, padded_cols = int4_padded(rows, cols)
+    if (padded_rows, padded_cols) == (rows, cols):
+        return weight
+    return torch.nn.functional.pad(weight, (0, padded_cols - cols, 0, padded_rows - rows))
+
+
 def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The float32 matrix the kernel computes with: (code - 8) * scale, per group of 32."""
     rows, cols = codes.shape
@@ -133,10 +143,7 @@ class Int4Linear(torch.nn.Module):
     def from_weight(cls, weight: torch.Tensor) -> "Int4Linear":
         """weight (out, in), any float dtype: quantised, padded to the kernel's multiples, packed."""
         rows, cols = weight.shape
-        padded_rows, padded_cols = int4_padded(rows, cols)
-        if (padded_rows, padded_cols) != (rows, cols):
-            weight = torch.nn.functional.pad(weight, (0, padded_cols - cols, 0, padded_rows - rows))
-        packed, scales_and_zeros = pack(*quantize(weight))
+        packed, scales_and_zeros = pack(*quantize(padded(weight)))
         return cls(packed, scales_and_zeros, cols, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

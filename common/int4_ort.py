@@ -73,12 +73,10 @@ class MatMulNBitsLinear(torch.nn.Module):
     @classmethod
     def from_weight(cls, weight: torch.Tensor, threads: int | None = None) -> "MatMulNBitsLinear":
         """weight (out, in), any float dtype: quantised (common/int4.quantize), padded as Int4Linear pads."""
-        from .int4 import quantize
+        from .int4 import padded, quantize
         rows, cols = weight.shape
         padded_rows, padded_cols = int4_padded(rows, cols)
-        if (padded_rows, padded_cols) != (rows, cols):
-            weight = torch.nn.functional.pad(weight, (0, padded_cols - cols, 0, padded_rows - rows))
-        codes, scales = quantize(weight)
+        codes, scales = quantize(padded(weight))
         session = _session(pack_codes(codes), scales.float().numpy(), padded_rows, padded_cols,
                            threads or torch.get_num_threads())
         return cls(session, cols, rows, padded_cols, padded_rows)
