@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -31,6 +31,7 @@ from common.profiles import MODELLED_WEIGHT_BYTES, device, network
 from common.tensor_links import SYNC_ITEMSIZE
 
 from .common import emit, print_table, quiet_env
+from .transfer_floor import transfer_floor
 
 PUBLISHED = Path(__file__).resolve().parent / "published.yaml"
 DTYPE = "q40"           # every published cell: Q40 weights
@@ -237,6 +238,13 @@ def main(argv=None) -> int:
     if tr["cells"]:
         print(f"transfer time, {tr['cells']} predicted cells: median |error| {tr['median_abs_pct']:.1f} %, "
               f"worst {tr['max_abs_pct']:.1f} %")
+    floor = transfer_floor(cells, shape_of)
+    result["transfer_floor"] = [asdict(p) for p in floor]
+    if floor and floor[0].floor_pct > 0:
+        worst = floor[0]
+        print(f"no network model fits both {worst.first} (T {worst.published_first} ms) and {worst.second} "
+              f"(T {worst.published_second} ms, {worst.ratio:.2f}x the layers) within {worst.floor_pct:.1f} %: "
+              f"the least worst transfer error these cells allow (bench/transfer_floor.py)")
     played = []
     if not args.model_only and not args.no_played:
         # A real model slice here playing a Pi 5 (real tokens) against modelled compute, the same cluster.
