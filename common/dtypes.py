@@ -36,13 +36,14 @@ def int4_padded(rows: int, cols: int) -> tuple[int, int]:
 
 
 def int4_matrix_bytes(rows: int, cols: int) -> int:
-    """Bytes an int4 (rows x cols) projection holds in onnxruntime (common/int4_ort.py): the codes (half a byte
-    a weight) and a float32 scale per group as the graph's initializers, and MLAS's packed copy, the codes
-    again with 12 bytes per group (its scale, its block sum for the integer product, and its layout's
-    padding): 1.5 bytes a weight. Measured for 5632 x 2048: 17.6 MB where this counts 17.3."""
+    """Bytes an int4 (rows x cols) projection holds in onnxruntime (common/int4_ort.py): MLAS's packed copy
+    (half a byte a weight, a float32 scale and a float32 block sum per group of 32) and the float32 scales
+    initializer; the codes' initializer is released once packed: 0.875 byte a weight. Measured for
+    5632 x 2048: 10.13 MB where this counts 10.09 (17.35 MB while the weights were the model's own
+    initializers, 1.5 bytes a weight)."""
     n, k = int4_padded(rows, cols)
     groups = n * (k // INT4_GROUP)
-    return n * k + groups * 16
+    return n * k // 2 + groups * 12
 
 
 def int4_read_bytes(rows: int, cols: int) -> int:

@@ -64,19 +64,20 @@ CODE_ZERO = 8  # the kernel reads a code c as the signed value c - 8
 QUANTIZE_ROWS = 256  # rows quantised at a time (2 MB of float32 temporaries at K = 2048)
 
 
-def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight (N, K), K a multiple of 32 -> (codes (N, K) int32 in 0..15, scales (N, K / 32) bfloat16).
+def quantize(weight: torch.Tensor, code_dtype: torch.dtype = torch.int32) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (N, K), K a multiple of 32 -> (codes (N, K) in 0..15, scales (N, K / 32) bfloat16).
 
     q40's rule (ggml quantize_row_q4_0_ref): per group of 32, d = the value of largest magnitude / -8,
     code = floor(w / d + 8.5) clamped to 0..15. d is rounded to bfloat16 (what the kernel reads) before
     the codes are taken, so the codes are those of the scale actually used; a group of zeros has d = 0
     and codes 8 (value 0). Rows go QUANTIZE_ROWS at a time, so the float temporaries stay a few MB
-    beside the int32 codes (the kernel's packing takes int32) instead of several copies of the matrix.
+    beside the codes instead of several copies of the matrix. code_dtype: int32 for torch's kernel (its
+    packing takes int32), uint8 for onnxruntime's (a quarter of the bytes while a layer loads).
     """
     rows, cols = weight.shape
     if cols % INT4_GROUP:
         raise ValueError(f"int4: a matrix of {cols} columns does not split into groups of {INT4_GROUP}")
-    codes = torch.empty(rows, cols, dtype=torch.int32)
+    codes = torch.empty(rows, cols, dtype=code_dtype)
     scales = torch.empty(rows, cols // INT4_GROUP, dtype=torch.bfloat16)
     for start in range(0, rows, QUANTIZE_ROWS):
         part = slice(start, min(start + QUANTIZE_ROWS, rows))
@@ -86,7 +87,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scales[part] = d.squeeze(-1)
         d = d.float()
         inverse = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-        codes[part] = torch.floor(groups * inverse + (CODE_ZERO + 0.5)).clamp_(0, 15).reshape(-1, cols).to(torch.int32)
+        codes[part] = torch.floor(groups * inverse + (CODE_ZERO + 0.5)).clamp_(0, 15).reshape(-1, cols).to(code_dtype)
     return codes, scales
 
 
@@ -172,7 +173,7 @@ def quantize_int4(module: torch.nn.Module) -> int:
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is not torch.nn.Linear:
+            if type(child) is not torch.nn.Linear or child.weight.is_meta:  # meta: not read yet (fill_layer)
                 continue
             if child.bias is not None:
                 raise ValueError(f"int4: {name} has a bias; only bias-free projections are quantised")

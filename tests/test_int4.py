@@ -26,6 +26,7 @@ from common.dtypes import int4_matrix_bytes, int4_padded, int4_torch_matrix_byte
 from common.int4 import Int4Linear, dequantize, int4_linear, pack, quantize, quantize_int4
 from common.int4_ort import MatMulNBitsLinear
 from common.placement import Device, ModelShape, Shard
+from common.weight_formats import fill_layer
 from common.tensor_split import tensor_shares
 from model_downloader.presets import PRESETS, preset_config
 from worker.shard import DecoderSlice
@@ -199,11 +200,12 @@ def test_settings_accept_int4_for_real_and_modelled_compute():
 
 def test_layer_estimates_are_the_padded_4bit_bytes():
     tinyllama = ModelShape.from_config(preset_config(PRESETS["tinyllama-1.1b"]).to_dict())
-    # no padding: 1.5 bytes a projection weight (48 per 32: onnxruntime's codes and scales, MLAS's packed copy)
-    assert tinyllama.layer_weight_bytes("int4") == 44_040_192 * 48 // 32 + 2 * 2048 * 4
+    # no padding: 0.875 byte a projection weight (28 per 32: MLAS's packed codes, scale and block sum, and
+    # onnxruntime's float32 scales)
+    assert tinyllama.layer_weight_bytes("int4") == 44_040_192 * 28 // 32 + 2 * 2048 * 4
     tiny = ModelShape.from_config(preset_config(PRESETS["tiny"]).to_dict())
-    # q, o 64x64: 6144 each; k, v 32x64: 3072; gate, up 176x64: 16896; down 64x176 held as 64x192: 18432
-    assert tiny.layer_weight_bytes("int4") == 2 * 6144 + 2 * 3072 + 2 * 16896 + 18432 + 2 * 64 * 4
+    # q, o 64x64: 3584 each; k, v 32x64: 1792; gate, up 176x64: 9856; down 64x176 held as 64x192: 10752
+    assert tiny.layer_weight_bytes("int4") == 2 * 3584 + 2 * 1792 + 2 * 9856 + 10752 + 2 * 64 * 4
 
 
 def test_int4_slice_holds_what_the_estimate_says(tiny_model):
@@ -397,3 +399,55 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
+
+
+class _TwoProjections(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(64, 96, bias=False)
+        self.down = torch.nn.Linear(96, 64, bias=False)
+        self.norm = torch.nn.Parameter(torch.ones(64))
+
+
+def _weights(prefix: str = "layer.") -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {f"{prefix}up.weight": torch.randn(96, 64), f"{prefix}down.weight": torch.randn(64, 96),
+            f"{prefix}norm": torch.rand(64)}
+
+
+def test_int4_layers_fill_a_matrix_at_a_time_and_each_is_quantized_before_the_next_is_read():
+    weights, reads = _weights(), []
+    with torch.device("meta"):
+        layer = _TwoProjections()
+
+    def read(group):
+        # what the layer holds in float when the next group is read: no projection may still be a float matrix
+        floats = [n for n, m in layer.named_modules() if type(m) is torch.nn.Linear and not m.weight.is_meta]
+        reads.append((group, floats))
+        return {n: weights[n].clone() for n in group}
+
+    fill_layer(layer, "layer.", list(weights), read, "int4")
+    assert [g for g, _ in reads] == [[n] for n in weights] and all(floats == [] for _, floats in reads)
+    assert type(layer.up) is type(layer.down) is type(int4_linear(torch.zeros(96, 64)))
+    assert torch.equal(layer.norm, weights["layer.norm"])
+    x = torch.randn(1, 64)
+    assert torch.equal(layer.up(x), int4_linear(weights["layer.up.weight"])(x))  # the same product as quantized at once
+
+
+def test_float_layers_are_read_at_once_and_a_missing_or_extra_tensor_is_named():
+    weights, reads = _weights(), []
+    with torch.device("meta"):
+        layer = _TwoProjections()
+    fill_layer(layer, "layer.", list(weights), lambda g: reads.append(g) or {n: weights[n] for n in g}, "float32")
+    assert reads == [list(weights)] and torch.equal(layer.up.weight, weights["layer.up.weight"])
+    for dtype in ("float32", "int4"):
+        with torch.device("meta"):
+            layer = _TwoProjections()
+        some = {n: t for n, t in weights.items() if "down" not in n}
+        with pytest.raises(KeyError, match="tensors missing: \\['down.weight'\\]"):
+            fill_layer(layer, "layer.", list(some), lambda g: {n: some[n] for n in g}, dtype)
+        with torch.device("meta"):
+            layer = _TwoProjections()
+        extra = {**weights, "layer.bias": torch.zeros(3)}
+        with pytest.raises(KeyError, match="does not have: \\['bias'\\]"):
+            fill_layer(layer, "layer.", list(extra), lambda g: {n: extra[n] for n in g}, dtype)

@@ -2,9 +2,9 @@
 layer by layer.
 
 dtype float32 | bfloat16 | float16: weights and compute in that dtype.
-dtype int8 | int4: each layer is loaded in float32 and its projections quantized at once (so the
-float32 copy of only one layer exists at a time): int8 by common/quantize.py, int4 (q40-style groups of
-32) by common/int4.py; compute, activations and KV cache stay float32.
+dtype int8 | int4: each layer is read in float32 and its projections quantized (int8 by common/quantize.py,
+the layer at once; int4, q40-style groups of 32 by common/int4.py, a matrix at once: common/weight_formats.py
+fill_layer); compute, activations and KV cache stay float32.
 gemv (DECODE_GEMV): float32 one-row products through gemv (common/gemv.py) and one-token attention on
 the key/value heads (common/decode_attention.py); False keeps every stock kernel, bit for bit HF's.
 """
@@ -24,7 +24,7 @@ from common.model_info import load_config, model_family
 from common.model_family import import_all
 from common.placement import Shard
 from common.dtypes import torch_dtype
-from common.weight_formats import held_weight_bytes, quantize_projections
+from common.weight_formats import fill_layer, held_weight_bytes
 from common.weights import WeightIndex, layer_prefix, layer_tensor_names
 
 
@@ -60,15 +60,13 @@ class DecoderSlice:
         for local_idx, global_idx in enumerate(range(shard.start, shard.end)):
             names = layer_tensor_names(all_names, global_idx, global_idx + 1)
             prefix = layer_prefix(global_idx)
-            tensors = index.load(names, dtype, rows_together(prefix, dtype_name, gemv))  # q/k/v, gate/up: one matrix each
+            together = rows_together(prefix, dtype_name, gemv)  # q/k/v, gate/up: one matrix each
             self.loaded_tensor_names += names
             # The local index is the KV cache's layer slot; the cache holds only this slice's layers.
             with torch.device("meta"):
                 layer = decoder_layer(self.config, layer_idx=local_idx)
-            state = {k[len(prefix):]: v for k, v in tensors.items()}
-            layer.load_state_dict(state, strict=True, assign=True)
-            del tensors, state
-            quantize_projections(layer, dtype_name)  # int8 / int4: this layer's float32 matrices are freed here
+            # int8 / int4: the float32 matrices are quantized and freed in there
+            fill_layer(layer, prefix, names, lambda group: index.load(group, dtype, together), dtype_name)
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise

@@ -18,8 +18,9 @@ Per layer (two synchronisations, as distributed-llama and Megatron do):
 The norms are small and computed in full on every rank, so x and h are identical everywhere; Qwen3's
 q_norm / k_norm normalise each head over head_dim on its own, so every rank holds them whole too.
 
-dtype int4: each layer's slices are read in float32 and its projections quantized at once (common/int4.py,
-groups of 32 along each slice's own inputs), so the float32 copy of only one layer exists at a time.
+dtype int4: each slice is read in float32 and quantized as soon as it is in (common/int4.py, groups of 32
+along the slice's own inputs; common/weight_formats.py fill_layer), so the float32 copy of only one matrix
+exists at a time.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from common.gemv import use_gemv
 from common.model_info import load_config, model_family
 from common.reduction import reduce_partials
 from common.tensor_split import TensorShare, tensor_shares
-from common.weight_formats import held_weight_bytes, quantize_projections
+from common.weight_formats import fill_layer, held_weight_bytes
 from common.weights import WeightIndex, layer_prefix, stacked_rows
 
 from .shard import release_freed_memory
@@ -124,15 +125,13 @@ class TensorSlice:
         for layer_index in range(self.n_layers):
             prefix = layer_prefix(layer_index)
             together = rows_together(prefix, dtype_name, gemv)  # this rank's q/k/v rows, gate/up rows: one matrix each
-            tensors = self._load_slices(index, {n: part for n, part in wanted.items() if n.startswith(prefix)},
-                                        together)
+            names = [n for n in wanted if n.startswith(prefix)]
             # layer_idx = the model's layer index: each rank holds every layer, so it is also the KV cache slot.
             with torch.device("meta"):
                 layer = decoder_layer(layer_config, layer_idx=layer_index)
-            state = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
-            layer.load_state_dict(state, strict=True, assign=True)  # strict: every tensor present, none extra
-            del tensors, state
-            quantize_projections(layer, dtype_name)  # int4: this layer's float32 slices are freed here
+            # every tensor present, none extra; int4: the float32 slices are quantized and freed in there
+            fill_layer(layer, prefix, names,
+                       lambda group: self._load_slices(index, {n: wanted[n] for n in group}, together), dtype_name)
             self.layers.append(layer.eval())
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.fast = FastDecode.of(self.layers) if gemv else None  # one token without the modules' glue
