@@ -30,6 +30,14 @@ INT4_ROW_ALIGN = 16
 INT4_GROUP_BYTES = 4  # torch's kernel: (scale, zero), bfloat16 each, per group
 
 
+def torch_threads(dtype_name: str, threads: int) -> int:
+    """torch's intra-op threads in a worker computing in `dtype_name` with THREADS = threads. int4: one, since
+    its products run in onnxruntime's own pools of `threads` (made at load) and torch's ops beside them (norms,
+    rotary, attention) lose more to a second thread than they gain: one TinyLlama int4 token of 22 layers took
+    39.5 ms with torch on 1 thread against 44.1 on 2, onnxruntime on 2 in both (47.7 with both on 1; Zen 4)."""
+    return 1 if dtype_name == "int4" else threads
+
+
 def int4_padded(rows: int, cols: int) -> tuple[int, int]:
     """(N, K) -> the (N, K) the int4 kernel holds: N up to a multiple of 16, K up to one of 32."""
     return -(-rows // INT4_ROW_ALIGN) * INT4_ROW_ALIGN, -(-cols // INT4_GROUP) * INT4_GROUP

@@ -99,3 +99,37 @@ def test_load_outside_model_roots_is_refused(worker):
     assert r.status_code == 400 and "outside the allowed folders" in r.json["error"]["message"]
     r = worker.post("/v1/load", json={"name": "w"})
     assert r.status_code == 400
+
+
+def _load(client, tiny_model, dtype):
+    r = client.post("/v1/load", json={"name": "worker-1", "index": 0, "start": 0, "end": 2, "dtype": dtype,
+                                      "model_path": str(tiny_model), "next_address": "127.0.0.1:9"})
+    assert r.status_code == 202
+    for _ in range(400):
+        if client.get("/healthz").json["status"] != "loading":
+            break
+        time.sleep(0.05)
+    assert client.get("/healthz").json["status"] == "ready"
+
+
+def test_int4_computes_with_one_torch_thread_beside_onnxruntime_pools_of_threads(tiny_model):
+    from common.int4_ort import MatMulNBitsLinear
+    before = torch.get_num_threads()
+    try:
+        settings = WorkerSettings(threads=2, model_roots=(str(tiny_model.parent),), max_frame_bytes=1 << 20)
+        app = create_app(settings)
+        client, state = app.test_client(), app.extensions["worker_state"]
+        x, _ = _hidden(tiny_model, 1)
+        step = encode_frame({"request_id": "t", "start_pos": 0, "delays_ms": [0, 0]}, x)
+        _load(client, tiny_model, "int4")
+        pools = {m.session.get_session_options().intra_op_num_threads
+                 for m in state.slice.layers.modules() if isinstance(m, MatMulNBitsLinear)}
+        assert pools == {2}  # the products take THREADS
+        torch.set_num_threads(2)
+        assert client.post("/v1/forward", data=step).status_code == 200
+        assert torch.get_num_threads() == 1  # the compute ran here, with one torch thread
+        _load(client, tiny_model, "float32")  # a reload to another dtype computes with THREADS again
+        assert client.post("/v1/forward", data=step).status_code == 200
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from common.auth import HEADER as SECRET_HEADER
 from common.config import WorkerSettings
 from common.device import read_cgroup_memory, read_cgroup_quota, read_host_memory
+from common.dtypes import torch_threads
 from common.errors import error_response
 from common.frame import FrameError, decode_frame, encode_frame
 from common.latency import sleep_exactly
@@ -40,6 +41,7 @@ from .played_device import StretchClock, play
 from common.quantize import quantized_engine
 from .shard import DecoderSlice
 from .tensor_slice import TensorSlice
+from .threads import use_torch_threads
 from .tensor_step import tensor_step
 
 log = logging.getLogger("worker")
@@ -62,6 +64,7 @@ class WorkerState:
         self.slice: DecoderSlice | TensorSlice | ModelledSlice | ModelledTensorSlice | None = None
         self.status, self.error = "empty", None
         self.compute_lock = threading.Lock()  # one device computes one thing at a time
+        self.torch_threads = settings.threads  # torch's threads while computing (common/dtypes.torch_threads)
         self.mesh = MeshLinks(settings.max_frame_bytes, settings.secret, settings.sync_spin_ms / 1e3)  # tensor mode's mesh
         self.load_lock = threading.Lock()
 
@@ -71,6 +74,7 @@ class WorkerState:
             try:
                 self.slice = None
                 self.caches.clear()
+                torch.set_num_threads(self.settings.threads)  # what the load's kernels take (int4's onnxruntime pools)
                 self.mesh.reset()  # the peers may be others now
                 started = time.perf_counter()
                 if assignment.compute == "modelled":  # no weights: each step takes its device's modelled time
@@ -89,6 +93,7 @@ class WorkerState:
                     log.info("%s loaded layers [%d, %d) in %.1f s", assignment.name, assignment.shard.start,
                              assignment.shard.end, time.perf_counter() - started)
                 self.clock = device_clock(self, assignment)  # after the weights: see played_device.measured_gbps
+                self.torch_threads = torch_threads(assignment.dtype, self.settings.threads)
                 self.status = "ready"
             except Exception as exc:  # any load failure is reported to the root through /healthz
                 log.exception("load failed")
@@ -263,6 +268,7 @@ def compute_step(state: WorkerState, data: bytes, recv_ns: int) -> tuple[StepHea
     if delay_ms > 0:
         sleep_exactly(delay_ms / 1e3)  # the incoming link's injected latency
     with state.compute_lock:
+        use_torch_threads(state.torch_threads)
         started = time.perf_counter()
         timing = state.clock.start()
         try:

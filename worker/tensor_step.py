@@ -22,6 +22,7 @@ from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorSte
 from .caches import CacheFull
 from .mesh_sync import MeshSyncs, SyncFailed, link_request, mesh_abort
 from .modelled import TENSOR_SLICES
+from .threads import use_torch_threads
 
 
 class Syncs:
@@ -111,6 +112,7 @@ def tensor_step(state, data: bytes, recv_ns: int):
     try:
         with state.compute_lock:
             cache = state.caches.get_or_create(step.request_id, step.start_pos)
+        use_torch_threads(state.torch_threads)  # this thread runs the step's computes (run's generator)
         run = sl.forward_steps(hidden, cache, step.start_pos)
         message = None  # the first call starts the coroutine; then each sum is sent in
         segment = 0     # which compute of the step: the one before sync `segment`, or the tail after the last
