@@ -56,10 +56,10 @@ def _session(packed: np.ndarray, scales: np.ndarray, n: int, k: int, threads: in
         initializer=[_external("B", packed), _external("scales", scales)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
     options = ort.SessionOptions()
-    # The weights go in as external initializers, not inside the model: a model's own initializers stay in
-    # its graph beside onnxruntime's tensors and MLAS's packed copy (1.70 bytes a weight held, measured for
-    # 5632 x 2048); these are copied in, B is released once MLAS has packed it, and our arrays can go
-    # (onnxruntime's documented contract): 1.07 bytes a weight, the same product.
+    # The weights go in as external initializers, not inside the model: a model's own initializers stayed in
+    # its graph beside MLAS's packed copy (17.35 MB held for 5632 x 2048, 1.5 bytes a weight); these are
+    # copied in, B is released once MLAS has packed it, and our arrays can go (onnxruntime's documented
+    # contract): 10.13 MB, 0.88 byte a weight, bit-identical products.
     options.add_external_initializers(["B", "scales"], [ort.OrtValue.ortvalue_from_numpy(packed),
                                                         ort.OrtValue.ortvalue_from_numpy(scales)])
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1

@@ -26,8 +26,8 @@ from common.dtypes import int4_matrix_bytes, int4_padded, int4_torch_matrix_byte
 from common.int4 import Int4Linear, dequantize, int4_linear, pack, quantize, quantize_int4
 from common.int4_ort import MatMulNBitsLinear
 from common.placement import Device, ModelShape, Shard
-from common.weight_formats import fill_layer
 from common.tensor_split import tensor_shares
+from common.weight_formats import fill_layer
 from model_downloader.presets import PRESETS, preset_config
 from worker.shard import DecoderSlice
 from worker.tensor_slice import TensorSlice, lockstep_forward
@@ -360,47 +360,6 @@ def test_local_cluster_serves_int4_as_one_process_does(tiny_model, logs_dir, par
     assert r["token_ids"] == single_process_greedy(tiny_model, ids, 24, tensor_ranks=ranks)
 
 
-# -- the measurement: python -m tests.test_int4 [model_dir ...] ----------------------------------------
-
-def main(argv: list[str]) -> int:
-    """Agreement with float32 of bfloat16, int8, int4 and q40's rounding in float32, on the tiny preset and
-    a 4-layer TinyLlama-shaped model (made here), or on the model folders given."""
-    import tempfile
-
-    from model_downloader.synthetic import make_synthetic_model
-    if len(argv) > 1:
-        models = [Path(a) for a in argv[1:]]
-    else:
-        tmp = Path(tempfile.mkdtemp())
-        models = [Path(make_synthetic_model("tiny", tmp / "tiny", seed=0)), tinyllama_shaped(tmp / "tinyllama-4", 4)]
-    rows = []
-    for model in models:
-        config = json.loads((model / "config.json").read_text())
-        ids = positions(config["vocab_size"])
-        ref = teacher_forced_logits(model, "float32", ids)
-        top2 = ref.topk(2, dim=-1).values
-        for dtype in ("bfloat16", "int8", "int4", "q40-f32"):
-            logits = (q40_in_float32_logits(model, ids) if dtype == "q40-f32"
-                      else teacher_forced_logits(model, dtype, ids))
-            rows.append({"model": f"{model.name} ({config['num_hidden_layers']} layers)", "dtype": dtype,
-                         "positions": len(ids), "top1_agreement": agreement(ref, logits),
-                         "median_top1_margin": (top2[:, 0] - top2[:, 1]).median().item(),
-                         "rms_logit_change": ((logits - ref).pow(2).mean().sqrt() / ref.std()).item()})
-            del logits
-    print(f"top-1 agreement with float32, {POSITIONS} teacher-forced positions (random ids, seed 0); q40-f32: "
-          "int4's rounded weights in float32 layers; logit change: RMS of the difference / std of float32's")
-    print(f"{'model':<36} {'dtype':<9} {'agreement':>9} {'f32 top-1 margin (median)':>26} {'logit change':>12}")
-    for r in rows:
-        print(f"{r['model']:<36} {r['dtype']:<9} {r['top1_agreement']:>9.3f} {r['median_top1_margin']:>26.4f} "
-              f"{r['rms_logit_change']:>12.4f}")
-    print(json.dumps(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
-
-
 class _TwoProjections(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -451,3 +410,46 @@ def test_float_layers_are_read_at_once_and_a_missing_or_extra_tensor_is_named():
         extra = {**weights, "layer.bias": torch.zeros(3)}
         with pytest.raises(KeyError, match="does not have: \\['bias'\\]"):
             fill_layer(layer, "layer.", list(extra), lambda g: {n: extra[n] for n in g}, dtype)
+
+
+# -- the measurement: python -m tests.test_int4 [model_dir ...] ----------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """Agreement with float32 of bfloat16, int8, int4 and q40's rounding in float32, on the tiny preset and
+    a 4-layer TinyLlama-shaped model (made here), or on the model folders given."""
+    import tempfile
+
+    from model_downloader.synthetic import make_synthetic_model
+    if len(argv) > 1:
+        models = [Path(a) for a in argv[1:]]
+    else:
+        tmp = Path(tempfile.mkdtemp())
+        models = [Path(make_synthetic_model("tiny", tmp / "tiny", seed=0)), tinyllama_shaped(tmp / "tinyllama-4", 4)]
+    rows = []
+    for model in models:
+        config = json.loads((model / "config.json").read_text())
+        ids = positions(config["vocab_size"])
+        ref = teacher_forced_logits(model, "float32", ids)
+        top2 = ref.topk(2, dim=-1).values
+        for dtype in ("bfloat16", "int8", "int4", "q40-f32"):
+            logits = (q40_in_float32_logits(model, ids) if dtype == "q40-f32"
+                      else teacher_forced_logits(model, dtype, ids))
+            rows.append({"model": f"{model.name} ({config['num_hidden_layers']} layers)", "dtype": dtype,
+                         "positions": len(ids), "top1_agreement": agreement(ref, logits),
+                         "median_top1_margin": (top2[:, 0] - top2[:, 1]).median().item(),
+                         "rms_logit_change": ((logits - ref).pow(2).mean().sqrt() / ref.std()).item()})
+            del logits
+    print(f"top-1 agreement with float32, {POSITIONS} teacher-forced positions (random ids, seed 0); q40-f32: "
+          "int4's rounded weights in float32 layers; logit change: RMS of the difference / std of float32's")
+    print(f"{'model':<36} {'dtype':<9} {'agreement':>9} {'f32 top-1 margin (median)':>26} {'logit change':>12}")
+    for r in rows:
+        print(f"{r['model']:<36} {r['dtype']:<9} {r['top1_agreement']:>9.3f} {r['median_top1_margin']:>26.4f} "
+              f"{r['rms_logit_change']:>12.4f}")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
+
