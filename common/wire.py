@@ -160,6 +160,9 @@ class StreamServer:
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
+            # socketserver's listen backlog is 5: a burst of new connections (every root thread's first step
+            # of a concurrent burst) overflowed it, and each dropped handshake stalled its step 1 s or more
+            request_queue_size = max_connections
 
             def process_request(self, request, client_address):
                 if not outer._slots.acquire(blocking=False):

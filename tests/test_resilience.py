@@ -68,7 +68,7 @@ def test_soak_sequential_and_concurrent(tiny_model, logs_dir):
         def one(i):
             r = requests.post(cluster.url + "/api/generate",
                               json={"prompt": f"request {i}", "max_tokens": 3, "stream": False}, timeout=120)
-            return r.status_code
+            return r.status_code if r.status_code == 200 else (r.status_code, r.text)  # a failure says why
 
         def rss():
             return {c["name"]: c["mem_bytes"] for c in requests.get(cluster.url + "/api/stats").json()["containers"]}

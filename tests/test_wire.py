@@ -133,6 +133,21 @@ def test_connections_are_bounded():
         server.stop()
 
 
+def test_a_burst_of_new_connections_is_queued_not_dropped():
+    # Nothing accepts yet: every handshake that completes waits in the listen backlog. socketserver's
+    # default (5) let 6 through and dropped the rest's handshakes, each retried by the kernel after 1 s.
+    server = StreamServer("127.0.0.1", 0, lambda frame: frame, LIMIT, max_connections=32)
+    opened = []
+    try:
+        for _ in range(32):
+            opened.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+        assert len(opened) == 32
+    finally:
+        for s in opened:
+            s.close()
+        server.server.server_close()  # never started: stop() would wait for a serving loop that never ran
+
+
 def test_error_frames_carry_status_message_and_fields():
     header, tensor = decode_frame(error_frame(502, "gone", worker="worker-2"), LIMIT)
     assert tensor is None and header["error"] == {"status": 502, "message": "gone", "worker": "worker-2"}
