@@ -11,8 +11,9 @@ from common.cost_model import LayerShape, head_cost
 from common.gemv import linear as gemv_linear
 from common.latency import sleep_exactly
 from common.model_info import load_config, model_family
-from common.dtypes import QUANTIZED, compute_dtype_name, torch_dtype
+from common.dtypes import QUANTIZED, compute_dtype_name, torch_dtype, torch_threads
 from common.profiles import DeviceProfile
+from common.torch_threads import use_torch_threads
 from common.weight_formats import held_weight_bytes, quantize_projections
 from common.weights import WeightIndex
 
@@ -35,7 +36,8 @@ class HeadModel:
         # int4 / int8: the head in the layers' own format, as distributed-llama's converter writes lm_head in
         # q40: in float32 it is 262 MB of the 0.87 GB a TinyLlama int4 token reads. The float copy is dropped (a tied
         # embedding keeps its own, for lookups).
-        quantized = quantized_head(head_weight, dtype_name)
+        quantized = quantized_head(head_weight, dtype_name)  # int4: onnxruntime's pool of torch's threads now (THREADS)
+        self.torch_threads = torch_threads(dtype_name, torch.get_num_threads())  # torch's own, around that head
         self.quantized_head = quantized[0] if quantized is not None else None
         self.lm_head_weight = None if quantized is not None else head_weight
         rms_norm = model_family(self.config).classes().rms_norm
@@ -47,6 +49,7 @@ class HeadModel:
     @torch.inference_mode()
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """ids (T,) -> hidden (1, T, hidden)."""
+        use_torch_threads(self.torch_threads)  # a request's thread: the root's first compute of each step
         return torch.nn.functional.embedding(torch.tensor([token_ids]), self.embed_weight)
 
     @torch.inference_mode()

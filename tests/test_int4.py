@@ -312,6 +312,24 @@ def test_int4_stays_close_to_float32_teacher_forced_on_a_tinyllama_shape(tmp_pat
     assert same_rounding >= SAME_ROUNDING_MIN
 
 
+def test_the_roots_int4_head_runs_in_pools_of_threads_and_its_torch_ops_on_one(tiny_model):
+    """As in a worker (common/dtypes.torch_threads): onnxruntime's pool of THREADS for the head, one torch
+    thread for the root's own ops in the request's thread; a float head keeps THREADS for both."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # THREADS, as backend/app.py sets it before the head loads
+        int4, f32 = HeadModel(tiny_model, "int4"), HeadModel(tiny_model, "float32")
+        assert int4.quantized_head.session.get_session_options().intra_op_num_threads == 2
+        f32.embed([1, 2])
+        assert torch.get_num_threads() == 2
+        int4.logits(int4.embed([1, 2]))
+        assert torch.get_num_threads() == 1
+        f32.embed([1, 2])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- local clusters against one process ----------------------------------------------------------------
 
 @torch.inference_mode()

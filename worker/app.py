@@ -32,6 +32,7 @@ from common.profiles import device as catalog_device
 from common.protocol import (REQUEST_ID, LoadAssignment, ProtocolError, StageRecord, StepError, StepHeader,
                              WorkerHealth, reply_from_dict)
 from common.selfstats import container_stats
+from common.torch_threads import use_torch_threads
 from common.transport import TcpTransport, Transport, data_port
 
 from .caches import CacheFull, KVCacheStore
@@ -41,7 +42,6 @@ from .played_device import StretchClock, play
 from common.quantize import quantized_engine
 from .shard import DecoderSlice
 from .tensor_slice import TensorSlice
-from .threads import use_torch_threads
 from .tensor_step import tensor_step
 
 log = logging.getLogger("worker")

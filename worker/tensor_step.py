@@ -18,11 +18,11 @@ from common.frame import FrameError, decode_frame, encode_frame
 from common.latency import sleep_exactly
 from common.protocol import ProtocolError, StepError
 from common.tensor_protocol import SyncPartial, SyncSum, TensorRecord, TensorStep, sync_label
+from common.torch_threads import use_torch_threads
 
 from .caches import CacheFull
 from .mesh_sync import MeshSyncs, SyncFailed, link_request, mesh_abort
 from .modelled import TENSOR_SLICES
-from .threads import use_torch_threads
 
 
 class Syncs:

@@ -2,7 +2,8 @@
 
 OpenMP keeps its thread count per thread, and the data plane's threads outlive a load that changes what a
 worker computes with (int4 computes with one torch thread beside onnxruntime's pools: common/dtypes.torch_threads),
-so each compute sets its own thread's count rather than the load setting it once.
+so each compute sets its own thread's count rather than the load setting it once. The root's request threads
+do the same around its head (backend/head.py).
 """
 from __future__ import annotations
 
