@@ -180,7 +180,8 @@ def quantize_int4(module: torch.nn.Module) -> int:
             with torch.no_grad():
                 setattr(parent, name, int4_linear(child.weight))
             replaced += 1
-    release_freed_heap()
+    if replaced:  # nothing quantized, nothing freed: no trim (a walk of the whole heap) for a no-op
+        release_freed_heap()
     return replaced
 
 

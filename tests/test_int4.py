@@ -176,6 +176,14 @@ def test_a_linear_with_a_bias_is_refused():
         quantize_int4(torch.nn.Sequential(torch.nn.Linear(64, 64, bias=True)))
 
 
+def test_the_heap_is_trimmed_only_after_something_was_quantized(monkeypatch):
+    from common import int4
+    trims = []
+    monkeypatch.setattr(int4, "release_freed_heap", lambda: trims.append(1))
+    assert quantize_int4(torch.nn.Sequential(torch.nn.LayerNorm(64))) == 0 and trims == []  # no projection here
+    assert quantize_int4(torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))) == 1 and trims == [1]
+
+
 def test_host_speed_measures_int4_for_a_played_device():
     """A worker that plays a device measures this host's int4 decode rate at load (worker/played_device.py)."""
     import math
