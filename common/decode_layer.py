@@ -10,8 +10,8 @@ result is the stock module's, bit for bit (tested against the stock layer, DECOD
     h -> post_attention_layernorm -> act(gate) * up -> down_proj
 Float32 layers on gemv (common/gemv.py) are read with q/k/v as one matrix and gate/up as another
 (`rows_together`; the modules hold views into them, so nothing is held twice): 4 gemv calls a layer
-instead of 7. Each output
-row is the same dot product either way (tested equal).
+instead of 7. int4 layers are read the same way and quantized into one product per group
+(common/stacked_projection.py). Each output row is the same product either way (tested equal).
 
 Only one token, and only a layer whose shape this knows (Llama, Qwen3 without a sliding window);
 everything else (a prefill, DECODE_GEMV=off, another layer) takes the stock modules.
@@ -24,6 +24,8 @@ import torch
 
 from . import decode_attention
 from .gemv import GemvLinear
+from .stacked_projection import Stacked, stacked_of
+from .weights import stacked_view
 
 NORMS = ("LlamaRMSNorm", "Qwen3RMSNorm")      # weight * x / sqrt(mean(x^2) + eps), in float32
 ATTENTIONS = ("LlamaAttention", "Qwen3Attention")
@@ -50,8 +52,9 @@ ROWS_TOGETHER = (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_at
 
 def rows_together(prefix: str, dtype_name: str, gemv: bool) -> tuple[tuple[str, ...], ...]:
     """A layer's groups for the loaders (WeightIndex.load's rows_together): float32 on gemv multiplies each
-    group as one matrix, so it is read as one; other dtypes keep their own modules (none)."""
-    if not (gemv and dtype_name == "float32"):
+    group as one matrix, so it is read as one; int4 quantizes it as one (common/stacked_projection.py);
+    bfloat16 keeps its own modules (none)."""
+    if not (gemv and dtype_name in ("float32", "int4")):
         return ()
     return tuple(tuple(prefix + name for name in group) for group in ROWS_TOGETHER)
 
@@ -61,15 +64,7 @@ def _fused(modules: list[torch.nn.Module]) -> torch.Tensor | None:
     view; None when they are not all float32 gemv linears held that way (the modules are then called)."""
     if not all(type(m) is GemvLinear and m.weight.dtype == torch.float32 for m in modules):
         return None
-    weights = [m.weight.detach() for m in modules]
-    first, offset = weights[0], weights[0].storage_offset()
-    for w in weights:
-        if (not w.is_contiguous() or w.shape[1] != first.shape[1] or w.storage_offset() != offset
-                or w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()):
-            return None
-        offset += w.numel()
-    rows = sum(w.shape[0] for w in weights)
-    return torch.as_strided(first, (rows, first.shape[1]), (first.shape[1], 1), first.storage_offset())
+    return stacked_view([m.weight.detach() for m in modules])
 
 
 @dataclass
@@ -83,6 +78,8 @@ class _Layer:
     kv_size: int
     qkv: torch.Tensor | None         # fused float32 rows of q, k, v (None: call the modules)
     gate_up: torch.Tensor | None
+    qkv_int4: Stacked | None         # int4: q, k, v as one product (common/stacked_projection.py)
+    gate_up_int4: Stacked | None
 
 
 class FastDecode:
@@ -103,7 +100,9 @@ class FastDecode:
                 index=attn.layer_idx, input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm,
                 attn=attn, mlp=mlp, q_size=attn.config.num_attention_heads * attn.head_dim,
                 kv_size=attn.config.num_key_value_heads * attn.head_dim,
-                qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up=_fused([mlp.gate_proj, mlp.up_proj])))
+                qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up=_fused([mlp.gate_proj, mlp.up_proj]),
+                qkv_int4=stacked_of([attn.q_proj, attn.k_proj, attn.v_proj]),
+                gate_up_int4=stacked_of([mlp.gate_proj, mlp.up_proj])))
         return cls(made)
 
     def attention(self, i: int, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
@@ -112,8 +111,8 @@ class FastDecode:
         (o_proj's output: a tensor rank's partial); appends this token's K/V to the cache."""
         L, attn = self.layers[i], self.layers[i].attn
         normed = _rms(x, L.input_norm)
-        if L.qkv is not None:
-            qkv = torch.mv(L.qkv, normed.reshape(-1))
+        if L.qkv is not None or L.qkv_int4 is not None:
+            qkv = torch.mv(L.qkv, normed.reshape(-1)) if L.qkv is not None else L.qkv_int4(normed).reshape(-1)
             q, k, v = qkv[:L.q_size], qkv[L.q_size:L.q_size + L.kv_size], qkv[L.q_size + L.kv_size:]
         else:
             q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
@@ -139,8 +138,9 @@ class FastDecode:
         residual add (down_proj's output: a tensor rank's partial)."""
         L, mlp = self.layers[i], self.layers[i].mlp
         normed = _rms(h, L.post_norm)
-        if L.gate_up is not None:
-            gate_up = torch.mv(L.gate_up, normed.reshape(-1))
+        if L.gate_up is not None or L.gate_up_int4 is not None:
+            gate_up = (torch.mv(L.gate_up, normed.reshape(-1)) if L.gate_up is not None
+                       else L.gate_up_int4(normed).reshape(-1))
             width = gate_up.shape[0] // 2
             gate, up = gate_up[:width], gate_up[width:]
         else:

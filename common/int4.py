@@ -59,6 +59,8 @@ import ctypes
 import torch
 
 from common.dtypes import INT4_GROUP, INT4_ROW_ALIGN, int4_padded
+from common.stacked_projection import stack_projections, stackable
+from common.weights import stacked_view
 
 CODE_ZERO = 8  # the kernel reads a code c as the signed value c - 8
 QUANTIZE_ROWS = 256  # rows quantised at a time (2 MB of float32 temporaries at K = 2048)
@@ -169,20 +171,47 @@ def int4_linear(weight: torch.Tensor) -> torch.nn.Module:
 
 def quantize_int4(module: torch.nn.Module) -> int:
     """Replaces every nn.Linear inside `module` (in place) by its int4 projection (int4_linear); returns how
-    many. The float weights are dropped here. A Linear with a bias is refused (no family here has one)."""
+    many. Siblings whose weights are the consecutive rows of one matrix (read so: common/decode_layer.py's
+    rows_together) become the rows of one int4 product (common/stacked_projection.py). The float weights
+    are dropped here. A Linear with a bias is refused (no family here has one)."""
     replaced = 0
     for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
+        linears = {}
+        for name, child in parent.named_children():
             if type(child) is not torch.nn.Linear or child.weight.is_meta:  # meta: not read yet (fill_layer)
                 continue
             if child.bias is not None:
                 raise ValueError(f"int4: {name} has a bias; only bias-free projections are quantised")
-            with torch.no_grad():
+            linears[name] = child
+        with torch.no_grad():
+            for names in _stacks(linears):
+                whole = stacked_view([linears[n].weight.detach() for n in names])
+                stack_projections(parent, names, whole, int4_linear)
+                replaced += len(names)
+                del whole
+                for n in names:
+                    del linears[n]
+            for name, child in linears.items():
                 setattr(parent, name, int4_linear(child.weight))
-            replaced += 1
+                replaced += 1
     if replaced:  # nothing quantized, nothing freed: no trim (a walk of the whole heap) for a no-op
         release_freed_heap()
     return replaced
+
+
+def _stacks(linears: dict[str, torch.nn.Linear]) -> list[list[str]]:
+    """Groups of the linears (by name, in row order) whose weights are the rows of one matrix and may be
+    multiplied as one (stacked_projection.stackable)."""
+    by_storage: dict[int, list[str]] = {}
+    for name, lin in linears.items():
+        by_storage.setdefault(lin.weight.untyped_storage().data_ptr(), []).append(name)
+    groups = []
+    for names in by_storage.values():
+        names = sorted(names, key=lambda n: linears[n].weight.storage_offset())
+        weights = [linears[n].weight.detach() for n in names]
+        if stackable(weights) and stacked_view(weights) is not None:
+            groups.append(names)
+    return groups
 
 
 def release_freed_heap() -> None:

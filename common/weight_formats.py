@@ -30,14 +30,16 @@ def held_weight_bytes(module: torch.nn.Module, dtype_name: str) -> int:
 
 
 def fill_layer(layer: torch.nn.Module, prefix: str, names: list[str],
-               read: Callable[[list[str]], dict[str, torch.Tensor]], dtype_name: str) -> None:
+               read: Callable[[list[str]], dict[str, torch.Tensor]], dtype_name: str,
+               together: tuple[tuple[str, ...], ...] = ()) -> None:
     """Fills `layer`, built on the meta device, with what `read(names)` returns (names start with `prefix`),
     every parameter present and nothing extra, and quantizes its projections for int8 / int4.
 
-    int4 reads one tensor at a time and quantizes each projection as soon as its weight is in, so the float
-    copy of only one matrix exists at once: a whole TinyLlama layer in float32 (176 MB) was most of an int4
+    int4 reads one tensor at a time, or one of the groups in `together` (the loaders' rows_together: q/k/v,
+    gate/up, quantized as one product), and quantizes each as soon as it is in, so the float copy of only
+    one matrix or group exists at once: a whole TinyLlama layer in float32 (176 MB) was most of an int4
     worker's peak RSS at load. The other dtypes read the layer at once (float32's loaders group rows)."""
-    groups = [[name] for name in names] if dtype_name == "int4" else [names]
+    groups = int4_reads(names, together) if dtype_name == "int4" else [names]
     for group in groups:
         state = {name[len(prefix):]: tensor for name, tensor in read(group).items()}
         _, unexpected = layer.load_state_dict(state, strict=False, assign=True)
@@ -48,3 +50,10 @@ def fill_layer(layer: torch.nn.Module, prefix: str, names: list[str],
     missing = [name for name, t in [*layer.named_parameters(), *layer.named_buffers()] if t.is_meta]
     if missing:
         raise KeyError(f"{prefix}: tensors missing: {missing[:5]}")
+
+
+def int4_reads(names: list[str], together: tuple[tuple[str, ...], ...]) -> list[list[str]]:
+    """int4's reads of a layer: each group of `together` whose names are all there, then every other name alone."""
+    groups = [list(g) for g in together if all(n in names for n in g)]
+    grouped = {n for g in groups for n in g}
+    return groups + [[n] for n in names if n not in grouped]

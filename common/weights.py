@@ -85,6 +85,21 @@ def stacked_rows(rows: dict[str, int], cols: int, dtype: torch.dtype) -> dict[st
     return views
 
 
+def stacked_view(weights: list[torch.Tensor]) -> torch.Tensor | None:
+    """The matrix whose consecutive rows these 2-D weights are, in order (as `stacked_rows` made them), as a
+    view; None when they are not views of one storage laid out so."""
+    if not weights:
+        return None
+    first, offset = weights[0], weights[0].storage_offset()
+    for w in weights:
+        if (w.dim() != 2 or not w.is_contiguous() or w.shape[1] != first.shape[1] or w.storage_offset() != offset
+                or w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()):
+            return None
+        offset += w.numel()
+    rows = sum(w.shape[0] for w in weights)
+    return torch.as_strided(first, (rows, first.shape[1]), (first.shape[1], 1), first.storage_offset())
+
+
 def layer_prefix(index: int) -> str:
     return f"model.layers.{index}."
 

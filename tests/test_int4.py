@@ -26,6 +26,7 @@ from common.dtypes import int4_matrix_bytes, int4_padded, int4_torch_matrix_byte
 from common.int4 import Int4Linear, dequantize, int4_linear, pack, quantize, quantize_int4
 from common.int4_ort import MatMulNBitsLinear
 from common.placement import Device, ModelShape, Shard
+from common.stacked_projection import RowsOf
 from common.tensor_split import tensor_shares
 from common.weight_formats import fill_layer
 from model_downloader.presets import PRESETS, preset_config
@@ -220,7 +221,9 @@ def test_int4_slice_holds_what_the_estimate_says(tiny_model):
     sl = DecoderSlice(tiny_model, Shard(1, 3), "int4")
     assert sl.weight_bytes == 2 * shape_of(tiny_model).layer_weight_bytes("int4")
     assert not any(type(m) is torch.nn.Linear for m in sl.layers.modules())  # every projection quantized
-    assert sum(type(m) is MatMulNBitsLinear for m in sl.layers.modules()) == 2 * 7
+    # 4 products a layer: q/k/v as one, gate/up as one (common/stacked_projection.py), o, down
+    assert sum(type(m) is MatMulNBitsLinear for m in sl.layers.modules()) == 2 * 4
+    assert sum(type(m) is RowsOf for m in sl.layers.modules()) == 2 * 5
     assert sl.loaded_tensor_names == DecoderSlice(tiny_model, Shard(1, 3), "float32").loaded_tensor_names
     cache = DynamicCache()
     sl.forward(torch.randn(1, 7, sl.hidden_size), cache, 0)

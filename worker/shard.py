@@ -66,7 +66,7 @@ class DecoderSlice:
             with torch.device("meta"):
                 layer = decoder_layer(self.config, layer_idx=local_idx)
             # int8 / int4: the float32 matrices are quantized and freed in there
-            fill_layer(layer, prefix, names, lambda group: index.load(group, dtype, together), dtype_name)
+            fill_layer(layer, prefix, names, lambda group: index.load(group, dtype, together), dtype_name, together)
             self.layers.append(layer.eval())
         self.loaded_tensor_names.sort()
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise

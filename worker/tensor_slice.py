@@ -131,7 +131,8 @@ class TensorSlice:
                 layer = decoder_layer(layer_config, layer_idx=layer_index)
             # every tensor present, none extra; int4: the float32 slices are quantized and freed in there
             fill_layer(layer, prefix, names,
-                       lambda group: self._load_slices(index, {n: wanted[n] for n in group}, together), dtype_name)
+                       lambda group: self._load_slices(index, {n: wanted[n] for n in group}, together), dtype_name,
+                       together)
             self.layers.append(layer.eval())
         self.gemv_linears = use_gemv(self.layers) if gemv else 0  # float32 only; a no-op otherwise
         self.fast = FastDecode.of(self.layers) if gemv else None  # one token without the modules' glue
