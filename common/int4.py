@@ -55,6 +55,7 @@ load from the same safetensors files as every other dtype.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 
 import torch
 
@@ -184,8 +185,7 @@ def quantize_int4(module: torch.nn.Module) -> int:
                 raise ValueError(f"int4: {name} has a bias; only bias-free projections are quantised")
             linears[name] = child
         with torch.no_grad():
-            for names in _stacks(linears):
-                whole = stacked_view([linears[n].weight.detach() for n in names])
+            for names, whole in _stacks(linears):
                 stack_projections(parent, names, whole, int4_linear)
                 replaced += len(names)
                 del whole
@@ -199,19 +199,20 @@ def quantize_int4(module: torch.nn.Module) -> int:
     return replaced
 
 
-def _stacks(linears: dict[str, torch.nn.Linear]) -> list[list[str]]:
+def _stacks(linears: dict[str, torch.nn.Linear]) -> Iterator[tuple[list[str], torch.Tensor]]:
     """Groups of the linears (by name, in row order) whose weights are the rows of one matrix and may be
-    multiplied as one (stacked_projection.stackable)."""
+    multiplied as one (stacked_projection.stackable), each with that matrix (a view), one at a time so
+    each group's floats can go before the next is quantized."""
     by_storage: dict[int, list[str]] = {}
     for name, lin in linears.items():
         by_storage.setdefault(lin.weight.untyped_storage().data_ptr(), []).append(name)
-    groups = []
     for names in by_storage.values():
         names = sorted(names, key=lambda n: linears[n].weight.storage_offset())
         weights = [linears[n].weight.detach() for n in names]
-        if stackable(weights) and stacked_view(weights) is not None:
-            groups.append(names)
-    return groups
+        whole = stacked_view(weights) if stackable(weights) else None
+        del weights
+        if whole is not None:
+            yield names, whole
 
 
 def release_freed_heap() -> None:
