@@ -19,6 +19,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HUB_DISABLE_TELEMETRY=1
 # Debian's torch is a CPU build on amd64 and arm64 alike (PyPI's x86 torch drags in CUDA, GBs);
 # OpenBLAS replaces the reference BLAS it would otherwise get: prefill is ~20x faster.
+# libblis4-serial: BLIS's sgemv for one-thread float32 decode products (common/gemv.py); OpenBLAS keeps the
+# libblas.so.3 alternative (higher priority), so torch's own BLAS is unchanged.
 # python3-setuptools: torch declares it (pip's check says so otherwise).
 # Like Debian's official slim image, and unlike a debootstrapped base: no docs, man pages or
 # locales, and no downloaded .debs left in the layer (they were 450 MB of the dev image).
@@ -26,7 +28,7 @@ RUN printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*
       'path-exclude /usr/share/man/*' 'path-exclude /usr/share/locale/*' > /etc/dpkg/dpkg.cfg.d/slim \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3 python3-venv python3-setuptools python3-torch libopenblas0-openmp python3-numpy python3-flask \
+      python3 python3-venv python3-setuptools python3-torch libopenblas0-openmp libblis4-serial python3-numpy python3-flask \
       python3-requests python3-docker python3-yaml python3-psutil python3-prometheus-client gunicorn \
       ca-certificates \
  && apt-get clean && rm -rf /var/lib/apt/lists/*

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import decode_attention
-from .gemv import GemvLinear
+from .gemv import GemvLinear, mv
 from .stacked_projection import Stacked, stacked_of
 from .weights import stacked_view
 
@@ -112,7 +112,7 @@ class FastDecode:
         L, attn = self.layers[i], self.layers[i].attn
         normed = _rms(x, L.input_norm)
         if L.qkv is not None or L.qkv_int4 is not None:
-            qkv = torch.mv(L.qkv, normed.reshape(-1)) if L.qkv is not None else L.qkv_int4(normed).reshape(-1)
+            qkv = mv(L.qkv, normed.reshape(-1)) if L.qkv is not None else L.qkv_int4(normed).reshape(-1)
             q, k, v = qkv[:L.q_size], qkv[L.q_size:L.q_size + L.kv_size], qkv[L.q_size + L.kv_size:]
         else:
             q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
@@ -130,7 +130,7 @@ class FastDecode:
         out = out.reshape(1, 1, -1).contiguous()
         o_proj = attn.o_proj
         if type(o_proj) is GemvLinear:
-            return torch.mv(o_proj.weight, out.reshape(-1)).view(1, 1, -1)
+            return mv(o_proj.weight, out.reshape(-1)).view(1, 1, -1)
         return o_proj(out)
 
     def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ class FastDecode:
         L, mlp = self.layers[i], self.layers[i].mlp
         normed = _rms(h, L.post_norm)
         if L.gate_up is not None or L.gate_up_int4 is not None:
-            gate_up = (torch.mv(L.gate_up, normed.reshape(-1)) if L.gate_up is not None
+            gate_up = (mv(L.gate_up, normed.reshape(-1)) if L.gate_up is not None
                        else L.gate_up_int4(normed).reshape(-1))
             width = gate_up.shape[0] // 2
             gate, up = gate_up[:width], gate_up[width:]
@@ -148,7 +148,7 @@ class FastDecode:
         inner = mlp.act_fn(gate) * up
         down = mlp.down_proj
         if type(down) is GemvLinear:
-            return torch.mv(down.weight, inner.reshape(-1)).view(1, 1, -1)
+            return mv(down.weight, inner.reshape(-1)).view(1, 1, -1)
         return down(inner.view(1, 1, -1))
 
     def layer(self, i: int, x: torch.Tensor, position_embeddings, cache) -> torch.Tensor:

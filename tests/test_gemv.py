@@ -56,3 +56,33 @@ def test_decode_gemv_is_on_by_default_and_read_from_the_environment():
     assert not RootSettings.from_env({"DECODE_GEMV": "0"}).decode_gemv
     with pytest.raises(ValueError, match="DECODE_GEMV must be on or off"):
         WorkerSettings.from_env({"DECODE_GEMV": "maybe"})
+
+
+def test_the_image_has_blis_and_one_thread_products_go_through_it_matching_torch_mv():
+    from common import gemv
+    assert gemv.blis_available()  # libblis4-serial is in the image (Dockerfile)
+    torch.manual_seed(0)
+    w, x = torch.randn(300, 256), torch.randn(256)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert gemv.uses_blis(w, x)
+        torch.testing.assert_close(gemv.mv(w, x), torch.mv(w, x), rtol=1e-5, atol=1e-5)
+        rows = w[100:220]  # a module's rows of a stacked matrix: a view with unit column stride
+        torch.testing.assert_close(gemv.mv(rows, x), torch.mv(rows, x), rtol=1e-5, atol=1e-5)
+        strided = torch.randn(256, 300).t()  # column stride 256: not BLIS's case, torch.mv serves it
+        assert not gemv.uses_blis(strided, x)
+        torch.testing.assert_close(gemv.mv(strided, x), torch.mv(strided, x))
+        torch.set_num_threads(2)  # BLIS does not split a gemv over threads: OpenBLAS's threaded one stays
+        assert not gemv.uses_blis(w, x)
+        assert torch.equal(gemv.mv(w, x), torch.mv(w, x))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_blis_the_product_is_torch_mv(monkeypatch):
+    from common import gemv
+    monkeypatch.setattr(gemv, "_blis_sgemv", None)
+    w, x = torch.randn(64, 32), torch.randn(32)
+    assert not gemv.blis_available() and not gemv.uses_blis(w, x)
+    assert torch.equal(gemv.mv(w, x), torch.mv(w, x))
