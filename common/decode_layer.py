@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import decode_attention
-from .gemv import GemvLinear, mv
+from .gemv import GemvLinear, mv, uses_blis
 from .stacked_projection import Stacked, stacked_of
 from .weights import stacked_view
 
@@ -67,6 +67,20 @@ def _fused(modules: list[torch.nn.Module]) -> torch.Tensor | None:
     return stacked_view([m.weight.detach() for m in modules])
 
 
+def _rows(modules: list[torch.nn.Module]) -> tuple[torch.Tensor, ...]:
+    """The modules' weights when `_fused` stacks them (views of its rows), else ()."""
+    return tuple(m.weight.detach() for m in modules) if _fused(modules) is not None else ()
+
+
+def _stacked_mv(stacked: torch.Tensor, members: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """stacked @ x, where the members' weights are consecutive rows of `stacked`. OpenBLAS: one call. BLIS sums a
+    row in an order that depends on its place among the rows of the call (groups of 8, the rest one by one), so
+    there each member's rows go alone, as its own module multiplies them: bit for bit the stock result."""
+    if uses_blis(stacked, x):
+        return torch.cat([mv(w, x) for w in members])
+    return torch.mv(stacked, x)
+
+
 @dataclass
 class _Layer:
     index: int                       # the KV cache's slot (the attention module's layer_idx)
@@ -78,6 +92,8 @@ class _Layer:
     kv_size: int
     qkv: torch.Tensor | None         # fused float32 rows of q, k, v (None: call the modules)
     gate_up: torch.Tensor | None
+    qkv_rows: tuple[torch.Tensor, ...]  # q's, k's and v's weights: views of qkv's rows (empty when qkv is None)
+    gate_up_rows: tuple[torch.Tensor, ...]
     qkv_int4: Stacked | None         # int4: q, k, v as one product (common/stacked_projection.py)
     gate_up_int4: Stacked | None
 
@@ -101,6 +117,7 @@ class FastDecode:
                 attn=attn, mlp=mlp, q_size=attn.config.num_attention_heads * attn.head_dim,
                 kv_size=attn.config.num_key_value_heads * attn.head_dim,
                 qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up=_fused([mlp.gate_proj, mlp.up_proj]),
+                qkv_rows=_rows([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up_rows=_rows([mlp.gate_proj, mlp.up_proj]),
                 qkv_int4=stacked_of([attn.q_proj, attn.k_proj, attn.v_proj]),
                 gate_up_int4=stacked_of([mlp.gate_proj, mlp.up_proj])))
         return cls(made)
@@ -112,7 +129,8 @@ class FastDecode:
         L, attn = self.layers[i], self.layers[i].attn
         normed = _rms(x, L.input_norm)
         if L.qkv is not None or L.qkv_int4 is not None:
-            qkv = mv(L.qkv, normed.reshape(-1)) if L.qkv is not None else L.qkv_int4(normed).reshape(-1)
+            qkv = (_stacked_mv(L.qkv, L.qkv_rows, normed.reshape(-1)) if L.qkv is not None
+                   else L.qkv_int4(normed).reshape(-1))
             q, k, v = qkv[:L.q_size], qkv[L.q_size:L.q_size + L.kv_size], qkv[L.q_size + L.kv_size:]
         else:
             q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
@@ -139,7 +157,7 @@ class FastDecode:
         L, mlp = self.layers[i], self.layers[i].mlp
         normed = _rms(h, L.post_norm)
         if L.gate_up is not None or L.gate_up_int4 is not None:
-            gate_up = (mv(L.gate_up, normed.reshape(-1)) if L.gate_up is not None
+            gate_up = (_stacked_mv(L.gate_up, L.gate_up_rows, normed.reshape(-1)) if L.gate_up is not None
                        else L.gate_up_int4(normed).reshape(-1))
             width = gate_up.shape[0] // 2
             gate, up = gate_up[:width], gate_up[width:]
