@@ -10,8 +10,9 @@ result is the stock module's, bit for bit (tested against the stock layer, DECOD
     h -> post_attention_layernorm -> act(gate) * up -> down_proj
 Float32 layers on gemv (common/gemv.py) are read with q/k/v as one matrix and gate/up as another
 (`rows_together`; the modules hold views into them, so nothing is held twice): 4 gemv calls a layer
-instead of 7. int4 layers are read the same way and quantized into one product per group
-(common/stacked_projection.py). Each output row is the same product either way (tested equal).
+instead of 7 on OpenBLAS (on BLIS, one thread, each member alone: `_stacked_mv` says why). int4 layers are
+read the same way and quantized into one product per group (common/stacked_projection.py). Each output row
+is the same product either way (tested equal).
 
 Only one token, and only a layer whose shape this knows (Llama, Qwen3 without a sliding window);
 everything else (a prefill, DECODE_GEMV=off, another layer) takes the stock modules.
@@ -117,7 +118,8 @@ class FastDecode:
                 attn=attn, mlp=mlp, q_size=attn.config.num_attention_heads * attn.head_dim,
                 kv_size=attn.config.num_key_value_heads * attn.head_dim,
                 qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up=_fused([mlp.gate_proj, mlp.up_proj]),
-                qkv_rows=_rows([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up_rows=_rows([mlp.gate_proj, mlp.up_proj]),
+                qkv_rows=_rows([attn.q_proj, attn.k_proj, attn.v_proj]),
+                gate_up_rows=_rows([mlp.gate_proj, mlp.up_proj]),
                 qkv_int4=stacked_of([attn.q_proj, attn.k_proj, attn.v_proj]),
                 gate_up_int4=stacked_of([mlp.gate_proj, mlp.up_proj])))
         return cls(made)
