@@ -10,7 +10,7 @@ result is the stock module's, bit for bit (tested against the stock layer, DECOD
     h -> post_attention_layernorm -> act(gate) * up -> down_proj
 Float32 layers on gemv (common/gemv.py) are read with q/k/v as one matrix and gate/up as another
 (`rows_together`; the modules hold views into them, so nothing is held twice): 4 gemv calls a layer
-instead of 7 on OpenBLAS (on BLIS, one thread, each member alone: `_stacked_mv` says why). int4 layers are
+instead of 7 on OpenBLAS (on BLIS, one thread, each member alone: `gemv.stacked_mv` says why). int4 layers are
 read the same way and quantized into one product per group (common/stacked_projection.py). Each output row
 is the same product either way (tested equal).
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from . import decode_attention
-from .gemv import GemvLinear, mv, uses_blis
+from .gemv import GemvLinear, mv, stacked_mv
 from .stacked_projection import Stacked, stacked_of
 from .weights import stacked_view
 
@@ -60,26 +60,15 @@ def rows_together(prefix: str, dtype_name: str, gemv: bool) -> tuple[tuple[str, 
     return tuple(tuple(prefix + name for name in group) for group in ROWS_TOGETHER)
 
 
-def _fused(modules: list[torch.nn.Module]) -> torch.Tensor | None:
+def _fused(modules: list[torch.nn.Module]) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
     """The float32 matrix whose consecutive rows the modules' weights are (read so by `rows_together`), as a
-    view; None when they are not all float32 gemv linears held that way (the modules are then called)."""
+    view, with those weights (views of its rows); (None, ()) when they are not all float32 gemv linears held
+    that way (the modules are then called)."""
     if not all(type(m) is GemvLinear and m.weight.dtype == torch.float32 for m in modules):
-        return None
-    return stacked_view([m.weight.detach() for m in modules])
-
-
-def _rows(modules: list[torch.nn.Module]) -> tuple[torch.Tensor, ...]:
-    """The modules' weights when `_fused` stacks them (views of its rows), else ()."""
-    return tuple(m.weight.detach() for m in modules) if _fused(modules) is not None else ()
-
-
-def _stacked_mv(stacked: torch.Tensor, members: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
-    """stacked @ x, where the members' weights are consecutive rows of `stacked`. OpenBLAS: one call. BLIS sums a
-    row in an order that depends on its place among the rows of the call (groups of 8, the rest one by one), so
-    there each member's rows go alone, as its own module multiplies them: bit for bit the stock result."""
-    if uses_blis(stacked, x):
-        return torch.cat([mv(w, x) for w in members])
-    return torch.mv(stacked, x)
+        return None, ()
+    rows = tuple(m.weight.detach() for m in modules)
+    stacked = stacked_view(list(rows))
+    return (stacked, rows) if stacked is not None else (None, ())
 
 
 @dataclass
@@ -113,13 +102,13 @@ class FastDecode:
         made = []
         for layer in layers:
             attn, mlp = layer.self_attn, layer.mlp
+            qkv, qkv_rows = _fused([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up, gate_up_rows = _fused([mlp.gate_proj, mlp.up_proj])
             made.append(_Layer(
                 index=attn.layer_idx, input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm,
                 attn=attn, mlp=mlp, q_size=attn.config.num_attention_heads * attn.head_dim,
                 kv_size=attn.config.num_key_value_heads * attn.head_dim,
-                qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj]), gate_up=_fused([mlp.gate_proj, mlp.up_proj]),
-                qkv_rows=_rows([attn.q_proj, attn.k_proj, attn.v_proj]),
-                gate_up_rows=_rows([mlp.gate_proj, mlp.up_proj]),
+                qkv=qkv, gate_up=gate_up, qkv_rows=qkv_rows, gate_up_rows=gate_up_rows,
                 qkv_int4=stacked_of([attn.q_proj, attn.k_proj, attn.v_proj]),
                 gate_up_int4=stacked_of([mlp.gate_proj, mlp.up_proj])))
         return cls(made)
@@ -131,7 +120,7 @@ class FastDecode:
         L, attn = self.layers[i], self.layers[i].attn
         normed = _rms(x, L.input_norm)
         if L.qkv is not None or L.qkv_int4 is not None:
-            qkv = (_stacked_mv(L.qkv, L.qkv_rows, normed.reshape(-1)) if L.qkv is not None
+            qkv = (stacked_mv(L.qkv, L.qkv_rows, normed.reshape(-1)) if L.qkv is not None
                    else L.qkv_int4(normed).reshape(-1))
             q, k, v = qkv[:L.q_size], qkv[L.q_size:L.q_size + L.kv_size], qkv[L.q_size + L.kv_size:]
         else:
@@ -159,7 +148,7 @@ class FastDecode:
         L, mlp = self.layers[i], self.layers[i].mlp
         normed = _rms(h, L.post_norm)
         if L.gate_up is not None or L.gate_up_int4 is not None:
-            gate_up = (_stacked_mv(L.gate_up, L.gate_up_rows, normed.reshape(-1)) if L.gate_up is not None
+            gate_up = (stacked_mv(L.gate_up, L.gate_up_rows, normed.reshape(-1)) if L.gate_up is not None
                        else L.gate_up_int4(normed).reshape(-1))
             width = gate_up.shape[0] // 2
             gate, up = gate_up[:width], gate_up[width:]

@@ -45,22 +45,37 @@ def blis_available() -> bool:
 
 
 def uses_blis(weight: torch.Tensor, x: torch.Tensor) -> bool:
-    """One thread, a float32 matrix with unit column stride and a contiguous float32 vector: BLIS's case."""
+    """One thread, a float32 matrix of rows laid out one after another (unit column stride, row stride at least
+    a row: BLIS's lda) and a contiguous float32 vector: BLIS's case."""
     return (_blis_sgemv is not None and torch.get_num_threads() == 1 and weight.dtype == torch.float32
-            and x.dtype == torch.float32 and weight.dim() == 2 and weight.stride(1) == 1 and x.is_contiguous()
+            and x.dtype == torch.float32 and weight.dim() == 2 and weight.stride(1) == 1
+            and weight.stride(0) >= max(weight.shape[1], 1) and x.is_contiguous()
             and not (torch.is_grad_enabled() and weight.requires_grad))  # no autograd through ctypes
 
 
-def mv(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (out, in) @ x (in,) -> (out,): BLIS's sgemv on one thread where it is installed, else torch.mv.
-    ctypes releases the GIL for the call, as torch does inside its ops."""
-    if not uses_blis(weight, x):
-        return torch.mv(weight, x)
+def _blis_mv(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """BLIS's sgemv, unchecked: callers have `uses_blis`. ctypes releases the GIL for the call, as torch does
+    inside its ops."""
     rows, cols = weight.shape
     out = torch.empty(rows, dtype=torch.float32)
-    _blis_sgemv(_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, rows, cols, 1.0, weight.data_ptr(), max(weight.stride(0), 1),
+    _blis_sgemv(_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, rows, cols, 1.0, weight.data_ptr(), weight.stride(0),
                 x.data_ptr(), 1, 0.0, out.data_ptr(), 1)
     return out
+
+
+def mv(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) @ x (in,) -> (out,): BLIS's sgemv on one thread where it is installed, else torch.mv."""
+    return _blis_mv(weight, x) if uses_blis(weight, x) else torch.mv(weight, x)
+
+
+def stacked_mv(stacked: torch.Tensor, members: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """stacked @ x, where the members are consecutive rows of `stacked` (views), each some module's weight.
+    OpenBLAS: one call. BLIS sums a row in an order that depends on its place among the rows of the call (groups
+    of 8, the rest one by one), so there each member's rows go alone, as its own module multiplies them: bit for
+    bit the modules' results either way."""
+    if uses_blis(stacked, x):  # the members are rows of stacked: BLIS's case too
+        return torch.cat([_blis_mv(w, x) for w in members])
+    return torch.mv(stacked, x)
 
 
 def wants_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -116,22 +116,3 @@ def test_a_tensor_rank_fuses_its_rows_into_one_matrix_and_keeps_views(tiny_model
     assert attn.k_proj.weight.data_ptr() == L.qkv.data_ptr() + attn.q_proj.weight.numel() * 4
     assert sl.weight_bytes == sum(p.numel() * 4 for p in sl.layers.parameters())
 
-
-def test_stacked_rows_on_blis_are_each_members_own_product_bit_for_bit():
-    """BLIS groups a call's rows by 8 and sums the rest one by one: with uneven members (44 gate rows, as the
-    `wide` test model has) one call over the stacked matrix could round a member's rows otherwise than its own
-    module does. On one thread each member goes alone; on more, OpenBLAS's one call serves."""
-    from common import gemv
-    from common.decode_layer import _stacked_mv
-    torch.manual_seed(0)
-    stacked, x = torch.randn(88, 64), torch.randn(64)
-    members = (stacked[:44], stacked[44:])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert gemv.uses_blis(stacked, x)
-        assert torch.equal(_stacked_mv(stacked, members, x), torch.cat([gemv.mv(w, x) for w in members]))
-        torch.set_num_threads(2)
-        assert torch.equal(_stacked_mv(stacked, members, x), torch.mv(stacked, x))
-    finally:
-        torch.set_num_threads(before)

@@ -72,6 +72,8 @@ def test_the_image_has_blis_and_one_thread_products_go_through_it_matching_torch
         torch.testing.assert_close(gemv.mv(rows, x), torch.mv(rows, x), rtol=1e-5, atol=1e-5)
         strided = torch.randn(256, 300).t()  # column stride 256: not BLIS's case, torch.mv serves it
         assert not gemv.uses_blis(strided, x)
+        overlapping = torch.as_strided(w, (10, 256), (8, 1))  # rows closer than a row apart: no valid lda
+        assert not gemv.uses_blis(overlapping, x)
         torch.testing.assert_close(gemv.mv(strided, x), torch.mv(strided, x))
         torch.set_num_threads(2)  # BLIS does not split a gemv over threads: OpenBLAS's threaded one stays
         assert not gemv.uses_blis(w, x)
@@ -86,3 +88,22 @@ def test_without_blis_the_product_is_torch_mv(monkeypatch):
     w, x = torch.randn(64, 32), torch.randn(32)
     assert not gemv.blis_available() and not gemv.uses_blis(w, x)
     assert torch.equal(gemv.mv(w, x), torch.mv(w, x))
+
+
+def test_stacked_rows_on_blis_are_each_members_own_product_bit_for_bit():
+    """BLIS groups a call's rows by 8 and sums the rest one by one: with uneven members (44 gate rows, as the
+    `wide` test model has) one call over the stacked matrix could round a member's rows otherwise than its own
+    module does. On one thread each member goes alone; on more, OpenBLAS's one call serves."""
+    from common import gemv
+    torch.manual_seed(0)
+    stacked, x = torch.randn(88, 64), torch.randn(64)
+    members = (stacked[:44], stacked[44:])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert gemv.uses_blis(stacked, x)
+        assert torch.equal(gemv.stacked_mv(stacked, members, x), torch.cat([gemv.mv(w, x) for w in members]))
+        torch.set_num_threads(2)
+        assert torch.equal(gemv.stacked_mv(stacked, members, x), torch.mv(stacked, x))
+    finally:
+        torch.set_num_threads(before)
