@@ -1,9 +1,11 @@
-"""python -m bench.pool FILE...: pool the back-to-back pairs of several `bench.pipeline --against` runs.
+"""python -m bench.pool FILE...: pool the back-to-back pairs of several `bench.pipeline --against` or
+`bench.tensor` runs.
 
-One run's median moves by a few % with the machine's moods; the pairs of many runs, in both orders
-(`--baseline-first` and not: the first reply of a pair loses a little), pooled, give the ratio with
-an interval. Reads the JSON line each run ends with; prints a table per run and per dtype, and a
-JSON line.
+One run's median moves by a few % with the machine's moods (bench.tensor's two-worker speed-up by far more:
+1.28-1.69x over six runs of the same code in 41 minutes on one VM); the pairs of many runs, in both orders
+for bench.pipeline (`--baseline-first` and not: the first reply of a pair loses a little), pooled, give the
+ratio with an interval. Reads the JSON line each run ends with; prints a table per run and per comparison,
+and a JSON line.
 """
 from __future__ import annotations
 
@@ -24,13 +26,22 @@ def last_json(path: Path) -> dict:
 
 
 def pairs_of(result: dict) -> dict[str, list[float]]:
-    """{worker count: its pairs' ratios} of a run with --against (the pairs this bench records)."""
-    vs = result.get("vs_baseline")
-    if not vs:
-        raise ValueError("not a run with --against")
+    """{comparison: its pairs' ratios}: per dtype and worker count of a bench.pipeline run with --against, per
+    dtype, topology and baseline of a bench.tensor run."""
+    if result.get("bench") == "tensor":
+        vs = {f"{dtype}, tensor x{result['workers']} {topology} {base.replace('vs_', 'vs ').replace('_', ' x')}": v
+              for dtype, d in result.get("dtypes", {}).items()
+              for topology, against in d.get("speedup", {}).items() for base, v in against.items()}
+        if not vs:
+            raise ValueError("a bench.tensor run without a speed-up to pool")
+    else:
+        runs = result.get("vs_baseline")
+        if not runs:
+            raise ValueError("not a run with --against")
+        vs = {f"{result.get('dtype')}, {n} worker(s)": v for n, v in runs.items()}
     if any("paired_ratios" not in v for v in vs.values()):
         raise ValueError("this run predates paired_ratios in the JSON: run it again")
-    return {n: v["paired_ratios"] for n, v in vs.items()}
+    return {key: v["paired_ratios"] for key, v in vs.items()}
 
 
 def main(argv=None) -> int:
@@ -45,9 +56,9 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             print(f"bench.pool: {name}: {exc}", file=sys.stderr)
             return 2
-        order = "baseline first" if result.get("baseline_first") else "this first"
-        for n, ratios in pairs.items():
-            key = f"{result['dtype']}, {n} worker(s)"
+        order = ("x1 first" if result.get("bench") == "tensor"  # bench.tensor's clusters answer in turn, x1 first
+                 else "baseline first" if result.get("baseline_first") else "this first")
+        for key, ratios in pairs.items():
             pooled.setdefault(key, []).append(ratios)
             runs.append([Path(name).name, key, order, len(ratios), f"{stats.geo_mean_ci([ratios])['geo_mean']:.3f}"])
     print_table(runs, ["file", "run", "order", "pairs", "geo mean"])

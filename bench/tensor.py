@@ -65,9 +65,14 @@ def summarize(replies: list[dict], n_layers: int) -> dict:
     return out
 
 
+def pair_ratios(a: list[dict], b: list[dict]) -> list[float]:
+    """a's decode tok/s over b's, repeat by repeat: each pair measured back to back."""
+    return [x["full"]["decode_tok_s"] / y["full"]["decode_tok_s"] for x, y in zip(a, b)]
+
+
 def paired(a: list[dict], b: list[dict]) -> float:
     """Median over repeats of a's decode tok/s over b's, each pair measured back to back."""
-    return statistics.median(x["full"]["decode_tok_s"] / y["full"]["decode_tok_s"] for x, y in zip(a, b))
+    return statistics.median(pair_ratios(a, b))
 
 
 def run_dtype(model, dtype: str, args, prompt: str, n_layers: int) -> dict:
@@ -83,7 +88,10 @@ def run_dtype(model, dtype: str, args, prompt: str, n_layers: int) -> dict:
         if shape[1] > 1:  # per topology, against each one-worker baseline
             result["speedup"][shape[2]] = {
                 f"vs_{base.replace(' x', '_')}": {"medians": stats.ratio(med[lab], med[base]),
-                                                 "pairs": paired(replies[lab], replies[base])} for base in bases}
+                                                 "pairs": paired(replies[lab], replies[base]),
+                                                 # every pair, for bench.pool to pool several runs
+                                                 "paired_ratios": pair_ratios(replies[lab], replies[base])}
+                for base in bases}
     return result
 
 
@@ -144,8 +152,10 @@ def report(r: dict, target: float) -> None:
     for dtype, d in r["dtypes"].items():
         for topology, against in d["speedup"].items():
             for base, s in against.items():
+                each = s.get("paired_ratios") or [s["pairs"]]
                 print(f"{dtype}: tensor x{r['workers']} {topology} decodes {s['medians']:.2f}x "
-                      f"{base.replace('vs_', '').replace('_', ' x')} (median of back-to-back pairs {s['pairs']:.2f}x)")
+                      f"{base.replace('vs_', '').replace('_', ' x')} (median of back-to-back pairs {s['pairs']:.2f}x, "
+                      f"each pair {min(each):.2f}-{max(each):.2f}x)")
     for name, t in r["targets"].items():
         print(f"target {name}: {t['value']:.3f} (goal {target}) {'met' if t['met'] else 'NOT met'}")
 

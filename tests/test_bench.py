@@ -1,5 +1,7 @@
 """The pure parts of the benchmarks: statistics, ratios, the bandwidth ceiling, fidelity, breakdowns."""
 import json
+import math
+import statistics
 
 import pytest
 
@@ -9,7 +11,7 @@ from bench.fidelity import fidelity_rows, other_ms
 from bench.inproc import TokenClock
 from bench.pipeline import decode_breakdown, judge
 from bench.profile import hop_table
-from bench.tensor import decode_step, paired, summarize as summarize_tensor
+from bench.tensor import decode_step, pair_ratios, paired, summarize as summarize_tensor
 from model_downloader.presets import get_preset, layer_param_count, weight_bytes
 
 
@@ -156,6 +158,7 @@ def test_paired_speedup_is_the_median_of_back_to_back_ratios():
     a = [{"full": {"decode_tok_s": x}} for x in (6.0, 8.0, 9.0)]
     b = [{"full": {"decode_tok_s": x}} for x in (4.0, 4.0, 3.0)]
     assert paired(a, b) == pytest.approx(2.0)  # ratios 1.5, 2.0, 3.0
+    assert pair_ratios(a, b) == pytest.approx([1.5, 2.0, 3.0])  # in repeat order, for bench.pool
 
 
 def test_token_clock_skips_the_prompt_and_stamps_each_new_token():
@@ -226,7 +229,7 @@ def test_pool_reads_the_pairs_of_a_run_and_refuses_what_has_none(tmp_path):
            "vs_baseline": {"4": {"paired_ratios": [1.01, 0.99, 1.02]}}}
     path = tmp_path / "run.txt"
     path.write_text("a table\n" + json.dumps(run) + "\n")
-    assert pairs_of(last_json(path)) == {"4": [1.01, 0.99, 1.02]}
+    assert pairs_of(last_json(path)) == {"float32, 4 worker(s)": [1.01, 0.99, 1.02]}
     assert main([str(path), str(path)]) == 0
     with pytest.raises(ValueError, match="predates"):
         pairs_of({"vs_baseline": {"4": {"paired_ratio_median": 1.0}}})
@@ -234,6 +237,31 @@ def test_pool_reads_the_pairs_of_a_run_and_refuses_what_has_none(tmp_path):
         pairs_of({"bench": "pipeline"})
     (tmp_path / "table.txt").write_text("only a table\n")
     assert main([str(tmp_path / "table.txt")]) == 2
+
+
+def test_pool_pools_the_pairs_of_bench_tensor_runs_by_dtype_and_topology(tmp_path, capsys):
+    from bench.pool import main, pairs_of
+
+    def run(f32: list[float], bf16: list[float]) -> dict:
+        return {"bench": "tensor", "workers": 2, "dtypes": {
+            "float32": {"speedup": {"mesh": {"vs_tensor_1": {"pairs": 1.5, "paired_ratios": f32}}}},
+            "bfloat16": {"speedup": {"mesh": {"vs_tensor_1": {"pairs": 1.3, "paired_ratios": bf16}}}}}}
+    first, second = run([1.4, 1.6, 1.5], [1.3, 1.2, 1.4]), run([1.7, 1.6], [1.5, 1.4])
+    assert pairs_of(first) == {"float32, tensor x2 mesh vs tensor x1": [1.4, 1.6, 1.5],
+                               "bfloat16, tensor x2 mesh vs tensor x1": [1.3, 1.2, 1.4]}
+    for name, r in (("a.txt", first), ("b.txt", second)):
+        (tmp_path / name).write_text("a table\n" + json.dumps(r) + "\n")
+    assert main([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]) == 0
+    pooled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pooled"]
+    f32 = pooled["float32, tensor x2 mesh vs tensor x1"]
+    assert (f32["runs"], f32["pairs"]) == (2, 5)
+    assert f32["geo_mean"] == pytest.approx(math.exp(statistics.fmean(map(math.log, [1.4, 1.6, 1.5, 1.7, 1.6]))))
+    assert f32["low"] <= f32["geo_mean"] <= f32["high"]
+    assert pooled["bfloat16, tensor x2 mesh vs tensor x1"]["geo_mean"] < f32["geo_mean"]
+    with pytest.raises(ValueError, match="predates"):  # a bench.tensor run from before the pairs were kept
+        pairs_of({"bench": "tensor", "workers": 2, "dtypes": {"float32": {"speedup": {"mesh": {"vs_tensor_1": {"pairs": 1.5}}}}}})
+    with pytest.raises(ValueError, match="without a speed-up"):
+        pairs_of({"bench": "tensor", "workers": 2, "dtypes": {}})
 
 
 def test_attention_times_both_paths_on_the_same_inputs_and_reports_their_difference(capsys):
