@@ -152,7 +152,7 @@ def report(r: dict, target: float) -> None:
     for dtype, d in r["dtypes"].items():
         for topology, against in d["speedup"].items():
             for base, s in against.items():
-                each = s.get("paired_ratios") or [s["pairs"]]
+                each = s["paired_ratios"]
                 print(f"{dtype}: tensor x{r['workers']} {topology} decodes {s['medians']:.2f}x "
                       f"{base.replace('vs_', '').replace('_', ' x')} (median of back-to-back pairs {s['pairs']:.2f}x, "
                       f"each pair {min(each):.2f}-{max(each):.2f}x)")
