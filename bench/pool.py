@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import stats
+from .tensor import baseline_label
 from .common import print_table
 
 
@@ -29,7 +30,7 @@ def pairs_of(result: dict) -> dict[str, list[float]]:
     """{comparison: its pairs' ratios}: per dtype and worker count of a bench.pipeline run with --against, per
     dtype, topology and baseline of a bench.tensor run."""
     if result.get("bench") == "tensor":
-        vs = {f"{dtype}, tensor x{result['workers']} {topology} {base.replace('vs_', 'vs ').replace('_', ' x')}": v
+        vs = {f"{dtype}, tensor x{result['workers']} {topology} vs {baseline_label(base)}": v
               for dtype, d in result.get("dtypes", {}).items()
               for topology, against in d.get("speedup", {}).items() for base, v in against.items()}
         if not vs:

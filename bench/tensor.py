@@ -31,6 +31,16 @@ def label(shape: tuple[str, int, str]) -> str:
     return f"{mode} x{n}" + (f" {topology}" if mode == "tensor" and n > 1 else "")
 
 
+def baseline_key(base: str) -> str:
+    """A one-worker cluster's label ("tensor x1") -> its key among a run's speed-ups ("vs_tensor_1")."""
+    return f"vs_{base.replace(' x', '_')}"
+
+
+def baseline_label(key: str) -> str:
+    """The other way: "vs_tensor_1" -> "tensor x1" (the report and bench.pool name comparisons so)."""
+    return key.removeprefix("vs_").replace("_", " x")
+
+
 def clusters_for(model, dtype: str, threads: int, shapes: list[tuple[str, int, str]]):
     from backend.local import LocalCluster
     return [LocalCluster(str(model), workers=n, threads=threads, dtype=dtype, parallelism=mode,
@@ -87,7 +97,7 @@ def run_dtype(model, dtype: str, args, prompt: str, n_layers: int) -> dict:
     for lab, shape in zip(labels, shapes):
         if shape[1] > 1:  # per topology, against each one-worker baseline
             result["speedup"][shape[2]] = {
-                f"vs_{base.replace(' x', '_')}": {"medians": stats.ratio(med[lab], med[base]),
+                baseline_key(base): {"medians": stats.ratio(med[lab], med[base]),
                                                  "pairs": paired(replies[lab], replies[base]),
                                                  # every pair, for bench.pool to pool several runs
                                                  "paired_ratios": pair_ratios(replies[lab], replies[base])}
@@ -154,7 +164,7 @@ def report(r: dict, target: float) -> None:
             for base, s in against.items():
                 each = s["paired_ratios"]
                 print(f"{dtype}: tensor x{r['workers']} {topology} decodes {s['medians']:.2f}x "
-                      f"{base.replace('vs_', '').replace('_', ' x')} (median of back-to-back pairs {s['pairs']:.2f}x, "
+                      f"{baseline_label(base)} (median of back-to-back pairs {s['pairs']:.2f}x, "
                       f"each pair {min(each):.2f}-{max(each):.2f}x)")
     for name, t in r["targets"].items():
         print(f"target {name}: {t['value']:.3f} (goal {target}) {'met' if t['met'] else 'NOT met'}")
