@@ -53,11 +53,11 @@ def uses_blis(weight: torch.Tensor, x: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and weight.requires_grad))  # no autograd through ctypes
 
 
-def _blis_mv(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """BLIS's sgemv, unchecked: callers have `uses_blis`. ctypes releases the GIL for the call, as torch does
-    inside its ops."""
+def _blis_mv(weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """BLIS's sgemv, unchecked: callers have `uses_blis` (and give `out` as a contiguous float32 vector of
+    weight's rows, when they give one). ctypes releases the GIL for the call, as torch does inside its ops."""
     rows, cols = weight.shape
-    out = torch.empty(rows, dtype=torch.float32)
+    out = torch.empty(rows, dtype=torch.float32) if out is None else out
     _blis_sgemv(_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, rows, cols, 1.0, weight.data_ptr(), weight.stride(0),
                 x.data_ptr(), 1, 0.0, out.data_ptr(), 1)
     return out
@@ -74,7 +74,12 @@ def stacked_mv(stacked: torch.Tensor, members: tuple[torch.Tensor, ...], x: torc
     of 8, the rest one by one), so there each member's rows go alone, as its own module multiplies them: bit for
     bit the modules' results either way."""
     if uses_blis(stacked, x):  # the members are rows of stacked: BLIS's case too
-        return torch.cat([_blis_mv(w, x) for w in members])
+        out = torch.empty(stacked.shape[0], dtype=torch.float32)
+        start = 0
+        for w in members:  # each member writes its own rows of the result: no copy to join them
+            _blis_mv(w, x, out[start:start + w.shape[0]])
+            start += w.shape[0]
+        return out
     return torch.mv(stacked, x)
 
 
