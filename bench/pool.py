@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from . import stats
-from .tensor import baseline_label
 from .common import print_table
+from .tensor import baseline_label
 
 
 def last_json(path: Path) -> dict:

@@ -98,9 +98,9 @@ def run_dtype(model, dtype: str, args, prompt: str, n_layers: int) -> dict:
         if shape[1] > 1:  # per topology, against each one-worker baseline
             result["speedup"][shape[2]] = {
                 baseline_key(base): {"medians": stats.ratio(med[lab], med[base]),
-                                                 "pairs": paired(replies[lab], replies[base]),
-                                                 # every pair, for bench.pool to pool several runs
-                                                 "paired_ratios": pair_ratios(replies[lab], replies[base])}
+                                     "pairs": paired(replies[lab], replies[base]),
+                                     # every pair, for bench.pool to pool several runs
+                                     "paired_ratios": pair_ratios(replies[lab], replies[base])}
                 for base in bases}
     return result
 
